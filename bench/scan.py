@@ -1,0 +1,83 @@
+"""Time and memory of the `chunked` selective scan against the sequential `reference`.
+
+Shape: one MSTD layer of a 512x512 image (u, delta: 1 x 4096 x 4096; B, C: 1 x 4 x 16 x 4096),
+with the released model's scale of values (A = -(1..16), softplus steps in 0.001..0.1). Each
+backend runs in a fresh process (so peak memory is its own), several times; the medians and the
+ratios are printed.
+
+    python bench/scan.py [--repeats 5] [--threads 2] [--length 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import median, peak_mib, resident_mib, run_isolated  # noqa: E402
+
+
+def scan_inputs(length: int):
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    channels, state, groups = 4096, 16, 4
+    low, high = math.log(1e-3), math.log(1e-1)
+    step = torch.exp(torch.rand(channels, generator=generator) * (high - low) + low)
+    return dict(
+        u=torch.randn(1, channels, length, generator=generator),
+        delta=torch.randn(1, channels, length, generator=generator) * 0.3,
+        A=-torch.arange(1, state + 1, dtype=torch.float32).repeat(channels, 1),
+        B=torch.randn(1, groups, state, length, generator=generator),
+        C=torch.randn(1, groups, state, length, generator=generator),
+        D=torch.ones(channels),
+        delta_bias=step + torch.log(-torch.expm1(-step)),
+        delta_softplus=True,
+    )
+
+
+def measure(backend: str, repeats: int, threads: int, length: int) -> dict:
+    import torch
+
+    from mambast.scan import BACKENDS
+
+    torch.set_num_threads(threads)
+    inputs = scan_inputs(length)
+    baseline = resident_mib()
+    seconds = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            BACKENDS[backend](**inputs)
+            seconds.append(time.perf_counter() - started)
+    return {"backend": backend, "seconds": seconds, "peak_mib": peak_mib() - baseline}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.repeats, args.threads, args.length)))
+        return
+    common = ("--repeats", str(args.repeats), "--threads", str(args.threads), "--length", str(args.length))
+    results = {name: run_isolated(Path(__file__), "--worker", name, *common) for name in ("reference", "chunked")}
+    print(f"selective scan, u 1x4096x{args.length}, B/C 1x4x16x{args.length}, {args.threads} threads, "
+          f"median of {args.repeats}")
+    for name, result in results.items():
+        print(f"  {name:<10} {median(result['seconds']):8.3f} s   peak +{result['peak_mib']:8.1f} MiB   "
+              f"runs: {', '.join(f'{s:.3f}' for s in result['seconds'])}")
+    ref, ours = results["reference"], results["chunked"]
+    print(f"  chunked is {median(ref['seconds']) / median(ours['seconds']):.1f}x faster and uses "
+          f"{ours['peak_mib'] / ref['peak_mib']:.3f}x the reference's peak memory")
+
+
+if __name__ == "__main__":
+    main()

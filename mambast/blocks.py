@@ -1,0 +1,204 @@
+"""The layers of Mamba-ST: patch embedding, VSS blocks (self and cross / MSTD), CNN decoder.
+
+Parameter names follow the official checkpoints (``self_attention``, ``x_proj_weight``, ...) so
+that their state dicts load as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MambaSTConfig
+from .scan import selective_scan
+
+# Parameters the selective scan reads; they stay float32 whatever the dense layers' dtype.
+SCAN_PARAMETERS = ("A_logs", "Ds", "dt_projs_bias")
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping patches to tokens: (B, 3, H, W) -> (B, d_model, H/p, W/p)."""
+
+    def __init__(self, config: MambaSTConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(3, config.d_model, kernel_size=config.patch_size, stride=config.patch_size)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.proj(image.to(self.proj.weight.dtype))
+
+
+def scan_sequences(grid: torch.Tensor) -> torch.Tensor:
+    """The four scan orders of a (B, C, h, w) grid, stacked as (B, 4, C, L).
+
+    Order as in the reference: row-major, column-major, row-major reversed, column-major reversed.
+    """
+    batch, channels, height, width = grid.shape
+    rows = grid.reshape(batch, channels, height * width)
+    columns = grid.transpose(2, 3).reshape(batch, channels, height * width)
+    forward = torch.stack([rows, columns], dim=1)
+    return torch.cat([forward, forward.flip(-1)], dim=1)
+
+
+def merge_sequences(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Undo :func:`scan_sequences` on (B, 4, C, L) and sum the four directions: (B, C, L)."""
+    batch, _, channels, length = y.shape
+    reversed_back = y[:, 2:4].flip(-1)
+
+    def columns_to_rows(sequence: torch.Tensor) -> torch.Tensor:
+        return sequence.reshape(batch, channels, width, height).transpose(2, 3).reshape(batch, channels, length)
+
+    # Summed in the reference's order; float addition is not associative.
+    return y[:, 0] + reversed_back[:, 0] + columns_to_rows(y[:, 1]) + columns_to_rows(reversed_back[:, 1])
+
+
+class SS2D(nn.Module):
+    """The 2-D selective scan module of a VSS block.
+
+    Self blocks scan their own tokens. Cross blocks (the Mamba-ST Decoder, MSTD) take delta, B
+    and the scan input from the style and C from the content; the depthwise conv is shared by
+    both streams.
+    """
+
+    def __init__(self, config: MambaSTConfig, cross: bool):
+        super().__init__()
+        self.cross = cross
+        self.d_inner = config.d_inner
+        self.d_state = config.d_state
+        self.dt_rank = config.dt_rank
+        directions = config.directions
+        self.in_proj = nn.Linear(config.d_model, 2 * config.d_inner, bias=False)
+        self.conv2d = nn.Conv2d(config.d_inner, config.d_inner, kernel_size=config.conv_kernel,
+                                padding=(config.conv_kernel - 1) // 2, groups=config.d_inner, bias=True)
+        if cross:
+            self.in_style_proj = nn.Linear(config.d_model, config.d_inner, bias=False)
+            self.style_proj_weight = nn.Parameter(
+                torch.empty(directions, config.dt_rank + config.d_state, config.d_inner))
+            self.x_proj_weight = nn.Parameter(torch.empty(directions, config.d_state, config.d_inner))
+        else:
+            self.x_proj_weight = nn.Parameter(
+                torch.empty(directions, config.dt_rank + 2 * config.d_state, config.d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(directions, config.d_inner, config.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(directions, config.d_inner))
+        self.A_logs = nn.Parameter(torch.empty(directions * config.d_inner, config.d_state))
+        self.Ds = nn.Parameter(torch.empty(directions * config.d_inner))
+        self.out_norm = nn.LayerNorm(config.d_inner)
+        self.out_proj = nn.Linear(config.d_inner, config.d_model, bias=False)
+        self.scan_backend: str | None = None
+
+    def _local_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, d_inner) -> SiLU(depthwise conv) as (B, d_inner, h, w)."""
+        return F.silu(self.conv2d(tokens.permute(0, 3, 1, 2).contiguous()))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, h, w, d_model) normalised tokens; style: (B, h, w, d_model) for cross blocks."""
+        batch, height, width, _ = x.shape
+        length = height * width
+        x, gate = self.in_proj(x).chunk(2, dim=-1)
+        content_seq = scan_sequences(self._local_features(x))  # (B, K, d_inner, L)
+        content_proj = torch.einsum("bkdl,kcd->bkcl", content_seq, self.x_proj_weight)
+        if self.cross:
+            scan_input = scan_sequences(self._local_features(self.in_style_proj(style)))
+            style_proj = torch.einsum("bkdl,kcd->bkcl", scan_input, self.style_proj_weight)
+            dt_low, B = torch.split(style_proj, [self.dt_rank, self.d_state], dim=2)
+            C = content_proj
+        else:
+            scan_input = content_seq
+            dt_low, B, C = torch.split(content_proj, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        delta = torch.einsum("bkrl,kdr->bkdl", dt_low, self.dt_projs_weight)
+        y = selective_scan(
+            scan_input.reshape(batch, -1, length), delta.reshape(batch, -1, length),
+            -torch.exp(self.A_logs.float()), B.float(), C.float(), self.Ds.float(),
+            delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
+            backend=self.scan_backend,
+        ).view(batch, -1, self.d_inner, length)
+        y = merge_sequences(y, height, width).transpose(1, 2).reshape(batch, height, width, self.d_inner)
+        y = self.out_norm(y.to(gate.dtype)) * F.silu(gate)
+        return self.out_proj(y)
+
+
+class VSSBlock(nn.Module):
+    """``norm(x * skip_scale + SS2D(ln_1(x), style))`` on (B, L, d_model) tokens of an h x w grid.
+
+    In cross blocks the style tokens skip ``ln_1`` (as in the reference) and are reordered by
+    ``permutation`` first, when one is given.
+    """
+
+    def __init__(self, config: MambaSTConfig, cross: bool = False):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model)
+        self.self_attention = SS2D(config, cross)
+        self.skip_scale = nn.Parameter(torch.ones(config.d_model))
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int], style: torch.Tensor | None = None,
+                permutation: torch.Tensor | None = None) -> torch.Tensor:
+        batch, length, channels = tokens.shape
+        height, width = grid
+        if style is not None:
+            if permutation is not None:
+                style = style[:, permutation]
+            style = style.reshape(batch, height, width, channels)
+        mixed = self.self_attention(self.ln_1(tokens).reshape(batch, height, width, channels), style)
+        return self.norm(tokens * self.skip_scale + mixed.reshape(batch, length, channels))
+
+
+class Encoder(nn.Module):
+    """A stack of self VSS blocks with a residual around each: ``x = block(x) + x``."""
+
+    def __init__(self, config: MambaSTConfig, layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(VSSBlock(config) for _ in range(layers))
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        for layer in self.layers:
+            tokens = layer(tokens, grid) + tokens
+        return tokens
+
+
+class MSTDecoder(nn.Module):
+    """The Mamba-ST Decoder: cross VSS blocks fusing content and style, then a LayerNorm.
+
+    Every layer reads the same (unshuffled) style encoding, reordered by its own permutation.
+    """
+
+    def __init__(self, config: MambaSTConfig, layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(VSSBlock(config, cross=True) for _ in range(layers))
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor, grid: tuple[int, int],
+                permutations: list[torch.Tensor | None]) -> torch.Tensor:
+        tokens = content
+        for layer, permutation in zip(self.layers, permutations):
+            tokens = layer(tokens, grid, style, permutation) + tokens
+        return self.norm(tokens)
+
+
+class MambaBody(nn.Module):
+    """The token part of Mamba-ST: content and style encoders and the MSTD (official ``mamba``)."""
+
+    def __init__(self, config: MambaSTConfig):
+        super().__init__()
+        self.encoder_c = Encoder(config, config.encoder_layers)
+        self.encoder_s = Encoder(config, config.encoder_layers)
+        self.decoder = MSTDecoder(config, config.decoder_layers)
+
+
+# Layer plan of the official CNN decoder (an nn.Sequential; its indices are the checkpoint keys):
+# a 2x nearest upsampling follows convolutions 0, 4 and 6, a ReLU follows all but the last.
+_UPSAMPLE_AFTER = (0, 4, 6)
+
+
+def build_cnn_decoder(config: MambaSTConfig) -> nn.Sequential:
+    """The CNN decoder (B, d_model, h, w) -> (B, 3, 8h, 8w), unclamped."""
+    layers: list[nn.Module] = []
+    channels = config.decoder_channels
+    convolutions = len(channels) - 1
+    for index in range(convolutions):
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(channels[index], channels[index + 1], 3)]
+        if index < convolutions - 1:
+            layers.append(nn.ReLU())
+        if index in _UPSAMPLE_AFTER:
+            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+    return nn.Sequential(*layers)

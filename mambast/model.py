@@ -1,0 +1,205 @@
+"""MambaST: the network and its stages (encode content, encode style, fuse, decode)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import scan as scan_backends
+from .blocks import SCAN_PARAMETERS, SS2D, MambaBody, PatchEmbedding, build_cnn_decoder
+from .config import MambaSTConfig
+from .imaging import check_image, pad_to_multiple, padded_size, resize
+from .shuffle import new_seed, style_permutations
+
+
+@dataclass
+class ContentEncoding:
+    """Encoded content tokens.
+
+    tokens: (B, L, d_model) on the token grid ``grid`` = (h, w), raster order; ``image_size`` is
+    the content's (H, W) before padding to whole patches, the size its stylization is cropped to.
+    """
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    image_size: tuple[int, int]
+    patch_size: int = 8
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """The padded image size (H, W) whose patches form ``grid``."""
+        return self.grid[0] * self.patch_size, self.grid[1] * self.patch_size
+
+
+@dataclass
+class StyleEncoding:
+    """Encoded style tokens (B, L, d_model) on the token grid ``grid``.
+
+    The MSTD pairs style token t with content token t, so a style must be encoded on the
+    content's grid. ``image`` keeps the style picture (B, 3, H, W) so that :meth:`MambaST.fuse`
+    can re-encode it for a content of another size; those encodings are cached in ``by_grid``.
+    """
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    image: torch.Tensor | None = None
+    by_grid: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+
+def pair_batches(content_batch: int, style_batch: int) -> None:
+    """Raise unless the batches pair up: one style for all contents, or one style per content."""
+    if style_batch != 1 and style_batch != content_batch:
+        raise ValueError(f"Cannot pair {content_batch} content image(s) with {style_batch} style image(s): "
+                         "give one style (used for every content image) or exactly one style per content image.")
+
+
+class MambaST(nn.Module):
+    """Mamba-ST inference (Botti et al., WACV 2025), stage by stage.
+
+    Images are (B, 3, H, W) float tensors in 0..1. Outputs of :meth:`decode` and
+    :meth:`stylize` are not clamped, like the reference; clamp to 0..1 before saving.
+    Every stage is differentiable; wrap calls in ``torch.inference_mode()`` when not training.
+    Module names (``embedding``, ``mamba``, ``decoder``) follow the official checkpoint files.
+    """
+
+    def __init__(self, config: MambaSTConfig | None = None):
+        super().__init__()
+        self.config = config or MambaSTConfig()
+        self.embedding = PatchEmbedding(self.config)
+        self.mamba = MambaBody(self.config)
+        self.decoder = build_cnn_decoder(self.config)
+        self.last_seed: int | None = None
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dense layers' dtype (the selective scan always runs in float32)."""
+        return self.embedding.proj.weight.dtype
+
+    @property
+    def scan_backend(self) -> str:
+        """The selective-scan backend that runs on the model's device."""
+        return scan_backends.resolve_backend(self._scan_choice, self.device)
+
+    _scan_choice: str | None = None
+
+    def set_scan_backend(self, name: str | None) -> None:
+        """Choose the scan backend ("reference", "chunked", "mamba_ssm"; None/"auto" = automatic)."""
+        self._scan_choice = scan_backends.validate_backend_name(name)
+        for module in self.modules():
+            if isinstance(module, SS2D):
+                module.scan_backend = self._scan_choice
+
+    def _apply(self, fn, recurse=True):
+        # Keep the scan's own parameters in float32 when the dense layers change dtype.
+        super()._apply(fn, recurse)
+        for name, parameter in self.named_parameters():
+            if name.rsplit(".", 1)[-1] in SCAN_PARAMETERS and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
+        return self
+
+    # -- stages -----------------------------------------------------------------------------
+    def _embed(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, H, W) with H, W multiples of the patch -> tokens (B, L, d_model) and grid (h, w)."""
+        features = self.embedding(image.to(self.device))
+        grid = (features.shape[2], features.shape[3])
+        return features.flatten(2).transpose(1, 2), grid
+
+    def encode_content(self, image: torch.Tensor) -> ContentEncoding:
+        """Encode content images (B, 3, H, W) in 0..1, any H, W >= 8.
+
+        The image is reflect-padded to whole patches; decoding crops back to (H, W).
+        """
+        check_image(image, "content")
+        patch = self.config.patch_size
+        tokens, grid = self._embed(pad_to_multiple(image, patch))
+        tokens = self.mamba.encoder_c(tokens, grid)
+        return ContentEncoding(tokens, grid, tuple(image.shape[-2:]), patch)
+
+    def encode_style(self, image: torch.Tensor, size: tuple[int, int] | None = None) -> StyleEncoding:
+        """Encode style images (B, 3, H, W) in 0..1.
+
+        The style is resized to ``size`` (H, W), which should be the content's padded size
+        (``ContentEncoding.padded_size``) so that its tokens fill the content's grid; without
+        ``size`` it is resized to its own size rounded up to whole patches.
+        """
+        check_image(image, "style")
+        patch = self.config.patch_size
+        target = tuple(size) if size is not None else padded_size(*image.shape[-2:], patch)
+        if target[0] % patch or target[1] % patch:
+            raise ValueError(f"style size {target} must be a multiple of the patch size {patch}.")
+        tokens, grid = self._embed(resize(image, target))
+        tokens = self.mamba.encoder_s(tokens, grid)
+        return StyleEncoding(tokens, grid, image, {grid: tokens})
+
+    def style_on_grid(self, style: StyleEncoding, content: ContentEncoding) -> torch.Tensor:
+        """The style's tokens on the content's grid, re-encoding (once, cached) when needed."""
+        if content.grid in style.by_grid:
+            return style.by_grid[content.grid]
+        if style.grid == content.grid:
+            return style.tokens
+        if style.image is None:
+            raise ValueError(f"The style was encoded on a {style.grid[1]}x{style.grid[0]} token grid but the content "
+                             f"is {content.grid[1]}x{content.grid[0]}; encode the style with "
+                             "size=content.padded_size.")
+        tokens = self.encode_style(style.image, content.padded_size).tokens
+        style.by_grid[content.grid] = tokens
+        return tokens
+
+    def permutations(self, tokens: int, seed: int | None, shuffle: bool) -> list[torch.Tensor | None]:
+        """The MSTD's style permutations, one per decoder layer (None when not shuffling)."""
+        layers = self.config.decoder_layers
+        if not shuffle:
+            self.last_seed = None
+            return [None] * layers
+        seed = new_seed() if seed is None else int(seed)
+        self.last_seed = seed
+        return [p.to(self.device) for p in style_permutations(seed, tokens, layers)]
+
+    def fuse(self, content: ContentEncoding, style: StyleEncoding, seed: int | None = None,
+             shuffle: bool = True) -> torch.Tensor:
+        """The Mamba-ST Decoder: fused features (B, d_model, h, w), the CNN decoder's input.
+
+        One style is used for every content image, or styles pair with contents one to one.
+        All images of the batch share one permutation per layer, drawn from ``seed`` (None
+        draws a fresh one, kept in ``last_seed``); ``shuffle=False`` keeps the style in place.
+        """
+        pair_batches(content.tokens.shape[0], style.batch_size)
+        style_tokens = self.style_on_grid(style, content)
+        if style_tokens.shape[0] != content.tokens.shape[0]:
+            style_tokens = style_tokens.expand(content.tokens.shape[0], -1, -1)
+        permutations = self.permutations(content.tokens.shape[1], seed, shuffle)
+        fused = self.mamba.decoder(content.tokens, style_tokens, content.grid, permutations)
+        height, width = content.grid
+        return fused.transpose(1, 2).reshape(fused.shape[0], -1, height, width)
+
+    def decode(self, features: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """CNN decoder: features (B, d_model, h, w) -> image (B, 3, 8h, 8w), unclamped, float32.
+
+        ``size`` (H, W) crops the result, e.g. to ``ContentEncoding.image_size``.
+        """
+        image = self.decoder(features.to(device=self.device, dtype=self.dtype)).float()
+        if size is not None:
+            image = image[..., : size[0], : size[1]]
+        return image
+
+    def stylize(self, content: torch.Tensor, style: torch.Tensor, seed: int | None = None,
+                shuffle: bool = True) -> torch.Tensor:
+        """Content (B, 3, H, W) styled like ``style`` (1 or B, 3, H', W'): (B, 3, H, W), unclamped.
+
+        The style is resized to the content's padded size before encoding.
+        """
+        content_encoding = self.encode_content(content)
+        style_encoding = self.encode_style(style, content_encoding.padded_size)
+        features = self.fuse(content_encoding, style_encoding, seed=seed, shuffle=shuffle)
+        return self.decode(features, content_encoding.image_size)

@@ -1,0 +1,81 @@
+"""Selective-scan backends behind one function with mamba_ssm's ``selective_scan_fn`` contract.
+
+Backends:
+- ``reference``: the plain sequential loop, the oracle in tests.
+- ``chunked``: exact closed form inside chunks; the default on CPU and MPS, and on CUDA when
+  mamba_ssm is not installed.
+- ``mamba_ssm``: the CUDA kernel of the mamba_ssm package, used automatically when it imports
+  and the tensors are on CUDA.
+
+The choice comes from the ``scan`` argument of :func:`mambast.load`, else the ``MAMBAST_SCAN``
+environment variable, else the automatic rule above.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+
+from .chunked import selective_scan_chunked
+from .contract import check_scan_shapes
+from .mamba_ssm_backend import mamba_ssm_available, selective_scan_mamba_ssm
+from .reference import selective_scan_reference
+
+BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
+    "reference": selective_scan_reference,
+    "chunked": selective_scan_chunked,
+    "mamba_ssm": selective_scan_mamba_ssm,
+}
+ENV_VARIABLE = "MAMBAST_SCAN"
+
+
+def validate_backend_name(name: str | None) -> str | None:
+    """Return ``name`` normalised (``None``/"auto" mean automatic) or raise a ValueError."""
+    if name is None or name == "" or name == "auto":
+        return None
+    if name not in BACKENDS:
+        raise ValueError(f"Unknown selective-scan backend {name!r}: choose one of "
+                         f"{', '.join(['auto', *BACKENDS])}.")
+    if name == "mamba_ssm" and not mamba_ssm_available():
+        raise ValueError("The mamba_ssm scan backend was requested but the mamba_ssm package does not "
+                         "import here; install mamba-ssm (CUDA only) or choose 'chunked'.")
+    return name
+
+
+def resolve_backend(name: str | None, device: torch.device) -> str:
+    """The backend that will run on ``device`` for the requested ``name`` (None = automatic)."""
+    name = validate_backend_name(name) or validate_backend_name(os.environ.get(ENV_VARIABLE))
+    if name is not None:
+        return name
+    if device.type == "cuda" and mamba_ssm_available():
+        return "mamba_ssm"
+    return "chunked"
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Selective scan ``y = scan(u; delta, A, B, C) + D * u``, float32 out.
+
+    u, delta: (B, D, L); A: (D, N), negative for a decaying state; B, C: (B, G, N, L), channel d
+    uses group d // (D / G); D, delta_bias: (D,). ``delta_softplus`` applies softplus to
+    ``delta + delta_bias``. Returns (B, D, L) float32.
+    """
+    name = resolve_backend(backend, u.device)
+    if name == "mamba_ssm" and u.device.type != "cuda":
+        name = "chunked"
+    return BACKENDS[name](u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+__all__ = ["BACKENDS", "ENV_VARIABLE", "check_scan_shapes", "mamba_ssm_available", "resolve_backend",
+           "selective_scan", "selective_scan_chunked", "selective_scan_reference", "validate_backend_name"]

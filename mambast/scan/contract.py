@@ -1,0 +1,37 @@
+"""The selective-scan contract shared by every backend (mamba_ssm's ``selective_scan_fn``).
+
+Shapes: ``u``, ``delta`` (B, D, L); ``A`` (D, N); ``B``, ``C`` (B, G, N, L) where channel ``d``
+reads group ``d // (D / G)``; ``D`` (D,); ``delta_bias`` (D,). Everything is computed in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def check_scan_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                      B: torch.Tensor, C: torch.Tensor) -> None:
+    """Raise a ValueError naming the tensor whose shape breaks the contract."""
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"selective scan: u and delta must both be (B, D, L); got u {tuple(u.shape)}, "
+                         f"delta {tuple(delta.shape)}")
+    batch, channels, length = u.shape
+    if A.dim() != 2 or A.shape[0] != channels:
+        raise ValueError(f"selective scan: A must be (D={channels}, N); got {tuple(A.shape)}")
+    for name, tensor in (("B", B), ("C", C)):
+        if (tensor.dim() != 4 or tensor.shape[0] != batch or tensor.shape[2] != A.shape[1]
+                or tensor.shape[3] != length or channels % tensor.shape[1] != 0):
+            raise ValueError(f"selective scan: {name} must be (B={batch}, G, N={A.shape[1]}, L={length}) "
+                             f"with G dividing D={channels}; got {tuple(tensor.shape)}")
+
+
+def prepare_scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus):
+    """Check shapes, cast to float32 and apply the bias and softplus to delta."""
+    check_scan_shapes(u, delta, A, B, C)
+    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.float().unsqueeze(-1)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return u, delta, A, B, C

@@ -1,0 +1,24 @@
+"""The MSTD's style shuffle, drawn exactly as the reference draws it under a seed."""
+
+from __future__ import annotations
+
+import secrets
+
+import torch
+
+
+def new_seed() -> int:
+    """A fresh random seed for callers that asked for none."""
+    return secrets.randbits(63)
+
+
+def style_permutations(seed: int, tokens: int, layers: int) -> list[torch.Tensor]:
+    """One permutation of ``tokens`` style positions per MSTD layer, on the CPU.
+
+    Layer k uses the k-th draw of ``argsort(rand(tokens))`` from a CPU generator seeded with
+    ``seed``: what the reference computes after ``torch.manual_seed(seed)``. The default (not
+    stable) argsort is kept on purpose: ``rand`` has 2^24 levels, ties are common at large token
+    counts, and the reference's order among ties is that of the unstable sort.
+    """
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return [torch.argsort(torch.rand(tokens, generator=generator)) for _ in range(layers)]

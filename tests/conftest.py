@@ -1,0 +1,56 @@
+"""Shared fixtures: random-weight checkpoints in the official layout and the parity fixtures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import mambast  # noqa: E402
+from mambast.random_weights import SMALL_CONFIG, random_official_tensors, write_official_folder  # noqa: E402
+
+PARITY = ROOT.parent / "shared" / "fixtures" / "parity_small"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def small_tensors() -> dict[str, torch.Tensor]:
+    """A small random checkpoint (d_model 64, 2 + 2 layers): fast, same layout as the release."""
+    return random_official_tensors(SMALL_CONFIG, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_model(small_tensors):
+    return mambast.build(mambast.Checkpoint(small_tensors), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def full_folder(tmp_path_factory) -> Path:
+    """A random 3 + 3 layer checkpoint of the released size, as the three official .pth files."""
+    folder = tmp_path_factory.mktemp("official")
+    return write_official_folder(random_official_tensors(seed=2), folder)
+
+
+@pytest.fixture(scope="session")
+def full_model(full_folder):
+    return mambast.load(full_folder, device="cpu")
+
+
+def parity_cases() -> list[dict]:
+    index = PARITY / "cases" / "index.json"
+    if not index.exists():
+        return []
+    return json.loads(index.read_text())["cases"]
+
+
+def needs_parity():
+    return pytest.mark.skipif(not (PARITY / "weights.safetensors").exists(),
+                              reason="reference fixtures ../shared/fixtures/parity_small not present")

@@ -1,0 +1,139 @@
+"""The selective-scan backends agree with the sequential reference and follow its contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambast import scan
+from mambast.scan import selective_scan_chunked, selective_scan_reference
+
+
+def scan_inputs(batch=1, channels=16, length=37, state=8, groups=4, delta_scale=1.0, a_scale=1.0,
+                bias=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        u=torch.randn(batch, channels, length, generator=g),
+        delta=torch.randn(batch, channels, length, generator=g) * delta_scale,
+        A=-torch.rand(channels, state, generator=g) * a_scale,
+        B=torch.randn(batch, groups, state, length, generator=g),
+        C=torch.randn(batch, groups, state, length, generator=g),
+        D=torch.randn(channels, generator=g),
+        delta_bias=torch.full((channels,), bias),
+        delta_softplus=True,
+    )
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+CASES = {
+    "one token": dict(length=1),
+    "length not a multiple of the chunk": dict(length=37),
+    "several chunks, batch 2": dict(batch=2, length=100),
+    "one group": dict(groups=1),
+    "four groups": dict(groups=4, channels=32),
+    "tiny delta": dict(bias=-20.0),
+    "huge delta": dict(bias=20.0, delta_scale=10.0),
+    "large |A|": dict(a_scale=1000.0, length=64),
+    "huge delta and large |A|": dict(bias=30.0, a_scale=500.0, length=50),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_chunked_scan_matches_reference(case):
+    inputs = scan_inputs(**case)
+    expected = selective_scan_reference(**inputs)
+    got = selective_scan_chunked(**inputs)
+    assert torch.isfinite(got).all()
+    assert relative_error(got, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 64])
+def test_chunked_scan_is_exact_for_any_chunk_length(chunk):
+    inputs = scan_inputs(length=40)
+    assert relative_error(selective_scan_chunked(**inputs, chunk=chunk), selective_scan_reference(**inputs)) <= 1e-5
+
+
+def test_scan_without_optional_terms_matches_reference():
+    inputs = scan_inputs(length=20)
+    for name in ("D", "delta_bias"):
+        inputs[name] = None
+    inputs["delta_softplus"] = False
+    inputs["delta"] = inputs["delta"].abs()
+    assert relative_error(selective_scan_chunked(**inputs), selective_scan_reference(**inputs)) <= 1e-5
+
+
+def test_reference_scan_equals_a_hand_written_recurrence():
+    inputs = scan_inputs(batch=1, channels=4, length=5, state=3, groups=2)
+    delta = torch.nn.functional.softplus(inputs["delta"] + inputs["delta_bias"][:, None])
+    u, A, B, C, D = inputs["u"], inputs["A"], inputs["B"], inputs["C"], inputs["D"]
+    expected = torch.zeros_like(u)
+    for d in range(4):
+        group = d // 2
+        h = torch.zeros(3)
+        for t in range(5):
+            h = torch.exp(delta[0, d, t] * A[d]) * h + delta[0, d, t] * B[0, group, :, t] * u[0, d, t]
+            expected[0, d, t] = (h * C[0, group, :, t]).sum() + D[d] * u[0, d, t]
+    assert relative_error(selective_scan_reference(**inputs), expected) <= 1e-6
+
+
+def test_chunked_scan_gradients_match_reference():
+    base = scan_inputs(length=23, channels=8, groups=2, state=4)
+    grads = []
+    for backend in (selective_scan_reference, selective_scan_chunked):
+        inputs = {k: (v.clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v) for k, v in base.items()}
+        backend(**inputs).square().sum().backward()
+        grads.append([inputs[k].grad for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")])
+    for got, expected in zip(grads[1], grads[0]):
+        assert relative_error(got, expected) <= 1e-4
+
+
+def test_chunked_scan_never_builds_a_whole_sequence_state_tensor():
+    batch, channels, length, state = 1, 64, 2048, 16
+    inputs = scan_inputs(batch=batch, channels=channels, length=length, state=state, groups=4)
+    whole_sequence_bytes = batch * channels * length * state * 4
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        selective_scan_chunked(**inputs)
+    largest = max(event.cpu_memory_usage for event in prof.events())
+    assert 0 < largest < whole_sequence_bytes / 8
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        selective_scan_reference(**inputs)
+    assert max(event.cpu_memory_usage for event in prof.events()) >= whole_sequence_bytes
+
+
+def test_dispatcher_follows_environment_variable(monkeypatch):
+    inputs = scan_inputs(length=9)
+    calls = []
+    monkeypatch.setitem(scan.BACKENDS, "reference", lambda *a, **k: calls.append("reference") or torch.zeros(1))
+    monkeypatch.setenv(scan.ENV_VARIABLE, "reference")
+    scan.selective_scan(*inputs.values())
+    assert calls == ["reference"]
+    monkeypatch.setenv(scan.ENV_VARIABLE, "chunked")
+    assert scan.resolve_backend(None, torch.device("cpu")) == "chunked"
+    assert scan.resolve_backend("reference", torch.device("cpu")) == "reference"
+
+
+def test_automatic_backend_is_chunked_without_cuda_kernel(monkeypatch):
+    monkeypatch.delenv(scan.ENV_VARIABLE, raising=False)
+    assert scan.resolve_backend(None, torch.device("cpu")) == "chunked"
+    assert scan.resolve_backend("auto", torch.device("cpu")) == "chunked"
+
+
+def test_unknown_backend_name_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="chunked"):
+        scan.validate_backend_name("fast")
+
+
+@pytest.mark.skipif(scan.mamba_ssm_available(), reason="mamba_ssm is installed here")
+def test_requesting_mamba_ssm_without_it_says_what_to_do():
+    with pytest.raises(ValueError, match="mamba_ssm.*chunked"):
+        scan.validate_backend_name("mamba_ssm")
+
+
+def test_mismatched_scan_shapes_name_the_tensor():
+    inputs = scan_inputs()
+    inputs["B"] = inputs["B"][..., :-1]
+    with pytest.raises(ValueError, match="B must be"):
+        selective_scan_chunked(**inputs)
