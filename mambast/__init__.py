@@ -42,9 +42,11 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return dtype
 
 
-def build(checkpoint: Checkpoint, device: torch.device | str | None = None,
-          dtype: torch.dtype | str | None = None, scan: str | None = None) -> MambaST:
-    """A ready MambaST (eval mode) from tensors already read; see :func:`load`."""
+def validate(checkpoint: Checkpoint) -> MambaSTConfig:
+    """The architecture of ``checkpoint``, after checking every tensor's presence and shape.
+
+    Raises CheckpointError naming the file, the key and the expected and found shapes.
+    """
     try:
         config = MambaSTConfig.from_state_dict(checkpoint.tensors)
     except KeyError as missing:
@@ -53,7 +55,13 @@ def build(checkpoint: Checkpoint, device: torch.device | str | None = None,
     with torch.device("meta"):
         skeleton = MambaST(config)
     check_against(checkpoint, {k: v.shape for k, v in skeleton.state_dict().items()})
-    model = MambaST(config)
+    return config
+
+
+def build(checkpoint: Checkpoint, device: torch.device | str | None = None,
+          dtype: torch.dtype | str | None = None, scan: str | None = None) -> MambaST:
+    """A ready MambaST (eval mode) from tensors already read; see :func:`load`."""
+    model = MambaST(validate(checkpoint))
     model.load_state_dict(usable_tensors(checkpoint), strict=True)
     model.set_scan_backend(scan)
     return model.to(device=torch.device(device) if device is not None else default_device(),
@@ -76,5 +84,5 @@ def load(path: str | os.PathLike, device: torch.device | str | None = None,
 
 
 __all__ = ["CheckpointError", "ContentEncoding", "MambaST", "MambaSTConfig", "StyleEncoding", "WEIGHTS_URL",
-           "build", "convert_to_safetensors", "default_device", "load", "missing_weights_message",
+           "build", "convert_to_safetensors", "validate", "default_device", "load", "missing_weights_message",
            "pair_batches", "read_checkpoint"]

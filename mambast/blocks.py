@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MambaSTConfig
+from .progress import tick
 from .scan import selective_scan
 
 # Parameters the selective scan reads; they stay float32 whatever the dense layers' dtype.
@@ -152,6 +153,7 @@ class Encoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         for layer in self.layers:
+            tick()
             tokens = layer(tokens, grid) + tokens
         return tokens
 
@@ -171,6 +173,7 @@ class MSTDecoder(nn.Module):
                 permutations: list[torch.Tensor | None]) -> torch.Tensor:
         tokens = content
         for layer, permutation in zip(self.layers, permutations):
+            tick()
             tokens = layer(tokens, grid, style, permutation) + tokens
         return self.norm(tokens)
 

@@ -11,6 +11,7 @@ from . import scan as scan_backends
 from .blocks import SCAN_PARAMETERS, SS2D, MambaBody, PatchEmbedding, build_cnn_decoder
 from .config import MambaSTConfig
 from .imaging import check_image, pad_to_multiple, padded_size, resize
+from .progress import tick
 from .shuffle import new_seed, style_permutations
 
 
@@ -188,7 +189,12 @@ class MambaST(nn.Module):
 
         ``size`` (H, W) crops the result, e.g. to ``ContentEncoding.image_size``.
         """
-        image = self.decoder(features.to(device=self.device, dtype=self.dtype)).float()
+        image = features.to(device=self.device, dtype=self.dtype)
+        for layer in self.decoder:
+            image = layer(image)
+            if isinstance(layer, nn.Conv2d):
+                tick()
+        image = image.float()
         if size is not None:
             image = image[..., : size[0], : size[1]]
         return image

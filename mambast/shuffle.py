@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 import torch
@@ -12,13 +13,17 @@ def new_seed() -> int:
     return secrets.randbits(63)
 
 
-def style_permutations(seed: int, tokens: int, layers: int) -> list[torch.Tensor]:
+@functools.lru_cache(maxsize=32)
+def style_permutations(seed: int, tokens: int, layers: int) -> tuple[torch.Tensor, ...]:
     """One permutation of ``tokens`` style positions per MSTD layer, on the CPU.
 
     Layer k uses the k-th draw of ``argsort(rand(tokens))`` from a CPU generator seeded with
     ``seed``: what the reference computes after ``torch.manual_seed(seed)``. The default (not
     stable) argsort is kept on purpose: ``rand`` has 2^24 levels, ties are common at large token
     counts, and the reference's order among ties is that of the unstable sort.
+
+    Cached: a batch of frames fused one by one with one seed draws the permutations once.
+    The returned tensors are shared; do not modify them.
     """
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    return [torch.argsort(torch.rand(tokens, generator=generator)) for _ in range(layers)]
+    return tuple(torch.argsort(torch.rand(tokens, generator=generator)) for _ in range(layers))

@@ -54,3 +54,28 @@ def parity_cases() -> list[dict]:
 def needs_parity():
     return pytest.mark.skipif(not (PARITY / "weights.safetensors").exists(),
                               reason="reference fixtures ../shared/fixtures/parity_small not present")
+
+
+@pytest.fixture()
+def comfy(tmp_path, monkeypatch, small_tensors):
+    """Fake ComfyUI modules with a models/mambast folder holding a small .safetensors and an
+    official three-file folder; the pack is imported fresh on top of them."""
+    from safetensors.torch import save_file
+
+    from comfy_fakes import FakeComfy, import_pack
+
+    models = tmp_path / "models"
+    folder = models / "mambast"
+    folder.mkdir(parents=True)
+    save_file(small_tensors, str(folder / "small.safetensors"))
+    write_official_folder(small_tensors, folder / "official")
+    (folder / "notes.txt").write_text("not a model")
+    fake = FakeComfy(models)
+    for name, module in fake.modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    fake.pack = import_pack()
+    import importlib
+    fake.host = importlib.import_module(fake.pack.__name__ + ".nodes.comfy")
+    fake.stages = importlib.import_module(fake.pack.__name__ + ".nodes.stages")
+    fake.host.register_model_folder()
+    return fake

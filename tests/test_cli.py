@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from mambast.imaging import read_image, write_image
 from mambast.random_weights import write_official_folder
 
-from .conftest import ROOT
+from conftest import ROOT
 
 
 def run_cli(*args, cwd, env_extra=None):

@@ -11,7 +11,7 @@ from mambast.imaging import read_image
 from mambast.random_weights import write_official_folder
 from mambast.shuffle import style_permutations
 
-from .conftest import PARITY, needs_parity, parity_cases
+from conftest import PARITY, needs_parity, parity_cases
 
 pytestmark = needs_parity()
 CASES = parity_cases()

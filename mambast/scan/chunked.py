@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..progress import tick
 from .contract import check_scan_shapes
 
 DEFAULT_CHUNK = 24  # measured fastest of 8..64 on a 2-core CPU (bench/scan.py)
@@ -66,6 +67,7 @@ def selective_scan_chunked(
     state = u.new_zeros(flat, per_group, state_size, dtype=torch.float32)
     y = u.new_empty((flat, per_group, length), dtype=torch.float32)
     for start in range(0, length, chunk):
+        tick()
         stop = min(start + chunk, length)
         steps = delta_g[..., start:stop].float()  # (BG, Dg, T)
         if bias is not None:

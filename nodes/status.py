@@ -1,0 +1,51 @@
+"""What the loader node's status line shows: device, scan backend, and whether weights load."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from .. import mambast
+from ..mambast import scan as scan_backends
+from . import comfy as host
+
+
+@functools.lru_cache(maxsize=8)
+def _check_weights(path: str, modified: float) -> str:
+    """A one-line description of the architecture; raises CheckpointError when unusable."""
+    config = mambast.validate(mambast.read_checkpoint(path))
+    return (f"{config.encoder_layers}+{config.decoder_layers} layers, d_model {config.d_model}, "
+            f"d_state {config.d_state}")
+
+
+def _modified(path: str) -> float:
+    if os.path.isdir(path):
+        return max((os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)), default=0.0)
+    return os.path.getmtime(path)
+
+
+def status_report(checkpoint: str | None = None, scan: str = "auto") -> dict:
+    """JSON-ready status for the loader node.
+
+    ``ok`` is False with a ``message`` saying what to do when the weights or the scan choice
+    cannot be used; ``summary`` is the line the frontend shows.
+    """
+    device = host.load_device()
+    report: dict = {"device": str(device), "mamba_ssm": scan_backends.mamba_ssm_available(),
+                    "folders": host.model_folders(), "checkpoints": host.list_checkpoints(), "ok": True}
+    try:
+        report["scan"] = scan_backends.resolve_backend(None if scan == "auto" else scan, device)
+        if checkpoint:
+            path = host.resolve_checkpoint(checkpoint)
+            report["weights"] = _check_weights(path, _modified(path))
+        elif not report["checkpoints"]:
+            raise ValueError(mambast.missing_weights_message(report["folders"]))
+    except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+        report["ok"], report["message"] = False, str(error)
+    scan_text = report.get("scan", scan)
+    if report["ok"]:
+        weights = f" | {report['weights']}" if "weights" in report else ""
+        report["summary"] = f"{device} | {scan_text} scan{weights}"
+    else:
+        report["summary"] = f"{device} | {scan_text} scan | not usable: {report['message']}"
+    return report

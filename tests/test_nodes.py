@@ -1,0 +1,216 @@
+"""Node logic against small fakes of ComfyUI: folders, batches, staged = all-in-one, Cancel."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfy_fakes import ROOT, Interrupted, import_pack
+
+
+def image(batch, height, width, channels=3, seed=0):
+    return torch.rand(batch, height, width, channels, generator=torch.Generator().manual_seed(seed))
+
+
+def test_pack_imports_without_comfyui_and_exposes_the_entry_point():
+    pack = import_pack()
+    assert callable(pack.comfy_entrypoint) and pack.WEB_DIRECTORY == "./web"
+
+
+def test_library_never_imports_comfyui():
+    for path in (ROOT / "mambast").rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(import|from)\s+(comfy|folder_paths|server|nodes)\b", text, re.M), path
+
+
+def test_model_folder_keeps_extra_paths_and_lists_model_files_only(comfy, tmp_path):
+    extra = tmp_path / "extra_models"
+    (extra / "nested").mkdir(parents=True)
+    (extra / "nested" / "other.safetensors").write_bytes(b"")
+    folder_paths = importlib.import_module("folder_paths")
+    folder_paths.folder_names_and_paths["mambast"] = ([str(extra)], set())
+    comfy.host.register_model_folder()
+    folders = comfy.host.model_folders()
+    assert folders == [str(extra), os.path.join(str(comfy.models_dir), "mambast")]
+    assert comfy.host.list_checkpoints() == ["nested/other.safetensors", "official/", "small.safetensors"]
+
+
+@pytest.mark.parametrize("checkpoint", ["small.safetensors", "official/"])
+def test_loader_reads_single_files_and_official_folders(comfy, checkpoint):
+    loaded = comfy.stages.load_model(checkpoint, "auto", "auto")
+    assert loaded.model.config.d_model == 64
+    assert loaded.model.dtype == torch.float32
+    assert loaded.patcher.load_device == torch.device("cpu")
+
+
+def test_missing_weights_name_the_folders_searched_and_where_to_download(comfy):
+    with pytest.raises(ValueError) as error:
+        comfy.stages.load_model("gone.safetensors", "auto", "auto")
+    message = str(error.value)
+    assert "'gone.safetensors' is not in the mambast model folder" in message
+    assert str(comfy.models_dir / "mambast") in message and "drive.google.com" in message
+
+
+def test_unknown_combo_values_are_refused(comfy):
+    with pytest.raises(ValueError, match="dtype: 'float8' is not one of"):
+        comfy.stages.load_model("small.safetensors", "float8", "auto")
+    with pytest.raises(ValueError, match="scan backend: 'fast'"):
+        comfy.stages.load_model("small.safetensors", "auto", "fast")
+
+
+def test_staged_nodes_equal_the_all_in_one_node(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    contents, style = image(2, 37, 53), image(1, 40, 30, seed=1)
+    staged = stages.decode(loaded, stages.fuse(loaded, stages.encode_content(loaded, contents),
+                                               stages.encode_style(loaded, style), seed=7, shuffle=True))
+    direct = stages.stylize(loaded, contents, style, seed=7, shuffle=True, processing_size=0)
+    assert staged.shape == (2, 37, 53, 3)
+    assert torch.equal(staged, direct)
+    assert 0.0 <= float(staged.min()) and float(staged.max()) <= 1.0
+
+
+def test_pairwise_styles_staged_equal_all_in_one(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("official/", "auto", "auto")
+    contents, styles = image(2, 24, 32), image(2, 24, 24, seed=3)
+    staged = stages.decode(loaded, stages.fuse(loaded, stages.encode_content(loaded, contents),
+                                               stages.encode_style(loaded, styles), seed=1))
+    assert torch.equal(staged, stages.stylize(loaded, contents, styles, seed=1, processing_size=0))
+
+
+def test_four_frames_with_one_style_encode_it_once_and_share_one_permutation_set(comfy, monkeypatch):
+    stages = comfy.stages
+    shuffle = importlib.import_module(comfy.pack.__name__ + ".mambast.shuffle")
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    calls = {"style": 0}
+    original = type(loaded.model).encode_style
+
+    def counting(self, *args, **kwargs):
+        calls["style"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(loaded.model), "encode_style", counting)
+    used = []
+    monkeypatch.setattr(loaded.model.mamba.decoder, "forward", _recording(loaded.model.mamba.decoder.forward, used))
+    shuffle.style_permutations.cache_clear()
+    frames = image(4, 32, 48)
+    stages.stylize(loaded, frames, image(1, 64, 64, seed=2), seed=123)
+    assert calls["style"] == 1
+    assert shuffle.style_permutations.cache_info().misses == 1
+    assert len(used) == 4 and all(all(a is b for a, b in zip(used[0], perms)) for perms in used)
+
+    calls["style"] = 0
+    style = stages.encode_style(loaded, image(1, 64, 64, seed=2))
+    content = stages.encode_content(loaded, frames)
+    stages.fuse(loaded, content, style, seed=123)
+    stages.fuse(loaded, content, style, seed=124)
+    assert calls["style"] == 2  # once at its own size, once on the frames' grid, then cached
+
+
+def _recording(forward, used):
+    def wrapper(content, style, grid, permutations):
+        used.append(list(permutations))
+        return forward(content, style, grid, permutations)
+    return wrapper
+
+
+def test_unpairable_batches_name_both_sizes_and_the_rule(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    with pytest.raises(ValueError, match=r"3 content image\(s\) with 2 style image\(s\).*one style"):
+        stages.stylize(loaded, image(3, 16, 16), image(2, 16, 16), seed=0)
+
+
+def test_alpha_is_kept_and_grey_is_handled(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    rgba = image(1, 24, 24, channels=4)
+    out = stages.stylize(loaded, rgba, image(1, 24, 24, channels=1, seed=1), seed=0, processing_size=0)
+    assert out.shape == (1, 24, 24, 4) and torch.equal(out[..., 3], rgba[..., 3])
+    grey = stages.stylize(loaded, image(1, 24, 24, channels=1), image(1, 24, 24, seed=1), seed=0)
+    assert grey.shape == (1, 24, 24, 3)
+
+
+def test_processing_size_works_smaller_and_returns_the_content_size(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    out = stages.stylize(loaded, image(1, 60, 90), image(1, 30, 30, seed=1), seed=0, processing_size=24)
+    assert out.shape == (1, 60, 90, 3)
+
+
+def test_bad_image_input_names_the_input(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    with pytest.raises(ValueError, match="style image: expected an IMAGE"):
+        stages.encode_style(loaded, torch.rand(1, 3, 16, 16, 5))
+
+
+def test_memory_is_requested_before_running_and_progress_reaches_the_end(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    stages.stylize(loaded, image(2, 32, 32), image(1, 32, 32, seed=1), seed=0)
+    patcher, memory = comfy.loads[-1]
+    assert patcher is loaded.patcher and memory > 0
+    values = [value for value, _ in comfy.progress]
+    assert values == sorted(values) and comfy.progress[-1][0] == comfy.progress[-1][1]
+
+
+def test_cancel_stops_at_the_next_check_within_a_scan_chunk(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    checks = {"count": 0, "after_cancel": 0}
+
+    def press_cancel_mid_run():
+        checks["count"] += 1
+        if checks["count"] == 20:
+            comfy.interrupt = True
+        elif checks["count"] > 20:
+            checks["after_cancel"] += 1
+
+    comfy.on_interrupt_check = press_cancel_mid_run
+    with pytest.raises(Interrupted):
+        stages.stylize(loaded, image(4, 64, 64), image(1, 64, 64, seed=1), seed=0)
+    assert checks["after_cancel"] == 0
+    assert comfy.progress[-1][0] < comfy.progress[-1][1]
+
+
+def test_cancel_is_checked_at_least_once_per_scan_chunk(comfy):
+    stages = comfy.stages
+    resources = importlib.import_module(comfy.pack.__name__ + ".mambast.resources")
+    chunked = importlib.import_module(comfy.pack.__name__ + ".mambast.scan.chunked")
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    checks = []
+    comfy.on_interrupt_check = lambda: checks.append(1)
+    stages.stylize(loaded, image(1, 96, 96), image(1, 96, 96, seed=1), seed=0, processing_size=0)
+    config = loaded.model.config
+    scans = 2 * config.encoder_layers + config.decoder_layers
+    chunks_per_scan = -(-(12 * 12) // chunked.DEFAULT_CHUNK)
+    assert len(checks) >= scans * chunks_per_scan
+    assert len(checks) <= resources.progress_ticks(config, 96, 96) + 1
+
+
+def test_status_reports_device_backend_and_whether_weights_load(comfy, tmp_path):
+    status = importlib.import_module(comfy.pack.__name__ + ".nodes.status")
+    good = status.status_report("small.safetensors", "auto")
+    assert good["ok"] and good["device"] == "cpu" and good["scan"] == "chunked"
+    assert good["summary"] == "cpu | chunked scan | 2+2 layers, d_model 64, d_state 8"
+    broken = Path(comfy.models_dir) / "mambast" / "broken.safetensors"
+    broken.write_bytes(b"not safetensors")
+    bad = status.status_report("broken.safetensors", "reference")
+    assert not bad["ok"] and "broken.safetensors" in bad["message"] and bad["scan"] == "reference"
+    assert "not usable" in bad["summary"]
+
+
+def test_status_without_any_weights_says_where_to_get_them(comfy):
+    status = importlib.import_module(comfy.pack.__name__ + ".nodes.status")
+    for path in (Path(comfy.models_dir) / "mambast").rglob("*"):
+        if path.is_file():
+            path.unlink()
+    report = status.status_report(None, "auto")
+    assert not report["ok"] and "drive.google.com" in report["message"]
