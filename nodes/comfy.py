@@ -92,9 +92,20 @@ def preferred_half_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+class _Managed(torch.nn.Module):
+    """The network as ComfyUI's ModelPatcher handles it: it assigns ``device`` on the module,
+    which MambaST exposes as a read-only property of its parameters."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.network = network
+        self.device = device
+
+
 def wrap_model(model: torch.nn.Module) -> Any:
     """Put the model under ComfyUI's memory manager."""
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device(), offload_device=offload_device())
+    return comfy.model_patcher.ModelPatcher(_Managed(model, offload_device()), load_device=load_device(),
+                                            offload_device=offload_device())
 
 
 def load_for_inference(patcher: Any, memory_required: int) -> None:

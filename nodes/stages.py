@@ -31,10 +31,7 @@ class LoadedModel:
 
     patcher: Any
     checkpoint: str
-
-    @property
-    def model(self) -> MambaST:
-        return self.patcher.model
+    model: MambaST
 
 
 @dataclasses.dataclass
@@ -67,7 +64,7 @@ def load_model(checkpoint: str, dtype: str = "auto", scan: str = "auto") -> Load
     path = host.resolve_checkpoint(checkpoint)
     dense_dtype = host.preferred_half_dtype(host.load_device()) if dtype == "auto" else getattr(torch, dtype)
     model = load(path, device=host.offload_device(), dtype=dense_dtype, scan=scan)
-    return LoadedModel(host.wrap_model(model), checkpoint)
+    return LoadedModel(host.wrap_model(model), checkpoint, model)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,200 @@
+"""Write the graphs of ``example_workflows/`` in ComfyUI's UI format (what users drag in).
+
+    python tools/build_example_workflows.py
+
+Kept as code so that the graphs follow the nodes' inputs when they change; the thumbnails
+beside them are screenshots of each graph loaded in ComfyUI's frontend.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "example_workflows"
+VERSION = "0.1.0"
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    inputs: list[tuple[str, str]]
+    outputs: list[tuple[str, str]]
+    widgets: list
+    size: tuple[int, int] = (300, 120)
+    title: str | None = None
+    links_in: dict[str, int] = field(default_factory=dict)
+    links_out: dict[int, list[int]] = field(default_factory=dict)
+
+    def as_json(self, order: int) -> dict:
+        core = not self.type.startswith("MambaST")
+        node = {
+            "id": self.id, "type": self.type, "pos": list(self.pos), "size": list(self.size), "flags": {},
+            "order": order, "mode": 0,
+            "inputs": [{"name": name, "type": kind, "link": self.links_in.get(name)} for name, kind in self.inputs],
+            "outputs": [{"name": name, "type": kind, "slot_index": slot, "links": self.links_out.get(slot, [])}
+                        for slot, (name, kind) in enumerate(self.outputs)],
+            "properties": {"Node name for S&R": self.type,
+                           "cnr_id": "comfy-core" if core else "mambast", "ver": "0.3.64" if core else VERSION},
+            "widgets_values": self.widgets,
+        }
+        if self.title:
+            node["title"] = self.title
+        return node
+
+
+class Graph:
+    def __init__(self):
+        self.nodes: list[Node] = []
+        self.links: list[list] = []
+
+    def add(self, type_: str, pos, inputs=(), outputs=(), widgets=(), size=(300, 120), title=None) -> Node:
+        node = Node(len(self.nodes) + 1, type_, pos, list(inputs), list(outputs), list(widgets), size, title)
+        self.nodes.append(node)
+        return node
+
+    def connect(self, source: Node, slot: int, target: Node, input_name: str) -> None:
+        link_id = len(self.links) + 1
+        kind = source.outputs[slot][1]
+        target_slot = [name for name, _ in target.inputs].index(input_name)
+        self.links.append([link_id, source.id, slot, target.id, target_slot, kind])
+        source.links_out.setdefault(slot, []).append(link_id)
+        target.links_in[input_name] = link_id
+
+    def as_json(self) -> dict:
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "mambast/" + "/".join(n.type for n in self.nodes))),
+            "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+            "nodes": [node.as_json(order) for order, node in enumerate(self.nodes)],
+            "links": self.links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.9, "offset": [40, 40]}}, "version": 0.4,
+        }
+
+
+MODEL = ("model", "MAMBAST_MODEL")
+
+
+def loader(graph: Graph, pos=(0, 0)) -> Node:
+    return graph.add("MambaSTLoader", pos, outputs=[MODEL], widgets=["official/", "auto", "auto"], size=(320, 130))
+
+
+def load_image(graph: Graph, pos, file: str, title: str) -> Node:
+    return graph.add("LoadImage", pos, outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[file, "image"],
+                     size=(300, 330), title=title)
+
+
+def stylize(graph: Graph, pos, seed=42) -> Node:
+    return graph.add("MambaSTStylize", pos, inputs=[MODEL, ("content", "IMAGE"), ("style", "IMAGE")],
+                     outputs=[("image", "IMAGE")], widgets=[seed, "fixed", True, 512], size=(320, 200))
+
+
+def save(graph: Graph, pos, prefix: str) -> Node:
+    return graph.add("SaveImage", pos, inputs=[("images", "IMAGE")], widgets=[prefix], size=(380, 420))
+
+
+def all_in_one() -> Graph:
+    graph = Graph()
+    model = loader(graph, (0, 0))
+    content = load_image(graph, (0, 180), "example.png", "Content")
+    style = load_image(graph, (0, 560), "style.png", "Style")
+    node = stylize(graph, (380, 180))
+    out = save(graph, (760, 180), "mambast/stylized")
+    graph.connect(model, 0, node, "model")
+    graph.connect(content, 0, node, "content")
+    graph.connect(style, 0, node, "style")
+    graph.connect(node, 0, out, "images")
+    return graph
+
+
+def staged() -> Graph:
+    graph = Graph()
+    model = loader(graph, (0, 0))
+    content = load_image(graph, (0, 180), "example.png", "Content")
+    style = load_image(graph, (0, 560), "style.png", "Style")
+    encode_content = graph.add("MambaSTEncodeContent", (380, 180), inputs=[MODEL, ("image", "IMAGE")],
+                               outputs=[("content", "MAMBAST_CONTENT")], size=(280, 80))
+    encode_style = graph.add("MambaSTEncodeStyle", (380, 560), inputs=[MODEL, ("image", "IMAGE")],
+                             outputs=[("style", "MAMBAST_STYLE")], size=(280, 80))
+    fuse = graph.add("MambaSTFuse", (720, 300),
+                     inputs=[MODEL, ("content", "MAMBAST_CONTENT"), ("style", "MAMBAST_STYLE")],
+                     outputs=[("features", "MAMBAST_FEATURES")], widgets=[42, "fixed", True], size=(300, 170))
+    decode = graph.add("MambaSTDecode", (1080, 300), inputs=[MODEL, ("features", "MAMBAST_FEATURES")],
+                       outputs=[("image", "IMAGE")], size=(260, 80))
+    out = save(graph, (1400, 180), "mambast/staged")
+    for target in (encode_content, encode_style, fuse, decode):
+        graph.connect(model, 0, target, "model")
+    graph.connect(content, 0, encode_content, "image")
+    graph.connect(style, 0, encode_style, "image")
+    graph.connect(encode_content, 0, fuse, "content")
+    graph.connect(encode_style, 0, fuse, "style")
+    graph.connect(fuse, 0, decode, "features")
+    graph.connect(decode, 0, out, "images")
+    return graph
+
+
+def video_frames() -> Graph:
+    graph = Graph()
+    model = loader(graph, (0, 0))
+    video = graph.add("LoadVideo", (0, 180), outputs=[("VIDEO", "VIDEO")], widgets=["frames.mp4", "image"],
+                      size=(300, 330), title="Content video")
+    components = graph.add("GetVideoComponents", (0, 560), inputs=[("video", "VIDEO")],
+                           outputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")], size=(280, 90))
+    style = load_image(graph, (380, 420), "style.png", "One style for every frame")
+    node = stylize(graph, (380, 180))
+    create = graph.add("CreateVideo", (760, 180), inputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
+                       outputs=[("VIDEO", "VIDEO")], widgets=[30], size=(270, 100))
+    out = graph.add("SaveVideo", (1080, 180), inputs=[("video", "VIDEO")],
+                    widgets=["video/mambast", "auto", "auto"], size=(400, 420))
+    graph.connect(video, 0, components, "video")
+    graph.connect(model, 0, node, "model")
+    graph.connect(components, 0, node, "content")
+    graph.connect(style, 0, node, "style")
+    graph.connect(node, 0, create, "images")
+    graph.connect(components, 1, create, "audio")
+    graph.connect(components, 2, create, "fps")
+    graph.connect(create, 0, out, "video")
+    return graph
+
+
+def upscale() -> Graph:
+    graph = Graph()
+    model = loader(graph, (0, 0))
+    content = load_image(graph, (0, 180), "example.png", "Content")
+    style = load_image(graph, (0, 560), "style.png", "Style")
+    node = stylize(graph, (380, 180))
+    upscaler = graph.add("UpscaleModelLoader", (380, 440), outputs=[("UPSCALE_MODEL", "UPSCALE_MODEL")],
+                         widgets=["RealESRGAN_x4plus.safetensors"], size=(320, 60))
+    upscale_node = graph.add("ImageUpscaleWithModel", (760, 300),
+                             inputs=[("upscale_model", "UPSCALE_MODEL"), ("image", "IMAGE")],
+                             outputs=[("IMAGE", "IMAGE")], size=(240, 50))
+    out = save(graph, (1060, 180), "mambast/upscaled")
+    graph.connect(model, 0, node, "model")
+    graph.connect(content, 0, node, "content")
+    graph.connect(style, 0, node, "style")
+    graph.connect(upscaler, 0, upscale_node, "upscale_model")
+    graph.connect(node, 0, upscale_node, "image")
+    graph.connect(upscale_node, 0, out, "images")
+    return graph
+
+
+WORKFLOWS = {
+    "mambast_stylize": all_in_one,
+    "mambast_staged": staged,
+    "mambast_video_one_style": video_frames,
+    "mambast_stylize_then_upscale": upscale,
+}
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        (OUT / f"{name}.json").write_text(json.dumps(build().as_json(), indent=1) + "\n")
+        print(f"wrote {name}.json")
+
+
+if __name__ == "__main__":
+    main()
