@@ -1,0 +1,58 @@
+"""The frontend pieces: help pages, example workflows, and the status line's JS helpers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+NODE_IDS = ["MambaSTLoader", "MambaSTEncodeContent", "MambaSTEncodeStyle", "MambaSTFuse", "MambaSTDecode",
+            "MambaSTStylize"]
+CORE_NODES = {"LoadImage", "SaveImage", "UpscaleModelLoader", "ImageUpscaleWithModel", "LoadVideo",
+              "GetVideoComponents", "CreateVideo", "SaveVideo", "PreviewImage", "ImageCompositeMasked"}
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_every_node_has_a_help_page(node_id):
+    page = ROOT / "web" / "docs" / f"{node_id}.md"
+    assert page.exists() and page.read_text().startswith("# ")
+
+
+def test_example_workflows_exist():
+    assert {p.stem for p in WORKFLOWS} >= {"mambast_stylize", "mambast_staged", "mambast_video_one_style",
+                                           "mambast_stylize_then_upscale"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_example_workflow_is_consistent_and_uses_known_nodes(path):
+    graph = json.loads(path.read_text())
+    nodes = {node["id"]: node for node in graph["nodes"]}
+    assert {node["type"] for node in nodes.values()} <= set(NODE_IDS) | CORE_NODES
+    for link_id, source, source_slot, target, target_slot, kind in graph["links"]:
+        assert link_id in nodes[source]["outputs"][source_slot]["links"]
+        assert nodes[target]["inputs"][target_slot]["link"] == link_id
+        assert nodes[source]["outputs"][source_slot]["type"] == kind == nodes[target]["inputs"][target_slot]["type"]
+    assert (path.with_suffix(".jpg")).exists(), f"thumbnail {path.with_suffix('.jpg').name} is missing"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_status_line_helpers():
+    script = """
+    const m = await import(process.argv[1]);
+    const assert = (await import('node:assert')).strict;
+    assert.equal(m.statusQuery('official/', 'chunked'), '/mambast/status?checkpoint=official%2F&scan=chunked');
+    assert.equal(m.statusQuery(undefined, undefined), '/mambast/status?scan=auto');
+    assert.equal(m.statusQuery('a b.safetensors', 'auto'), '/mambast/status?checkpoint=a+b.safetensors&scan=auto');
+    assert.notEqual(m.statusColor(true), m.statusColor(false));
+    assert.equal(m.statusColor(null), m.statusColor(undefined));
+    console.log('ok');
+    """
+    module = (ROOT / "web" / "js" / "status_logic.js").as_uri()
+    done = subprocess.run(["node", "--input-type=module", "-e", script, module], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
