@@ -31,11 +31,17 @@ def padded_size(height: int, width: int, multiple: int, minimum_multiples: int =
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Reflect-pad (B, C, H, W) at the bottom and right to :func:`padded_size`.
+    """Reflect-pad (B, C, H, W) at the bottom and right to :func:`padded_size`."""
+    return reflect_to_size(image, padded_size(*image.shape[-2:], multiple))
 
-    A reflection must be shorter than the side it mirrors, so a long pad is done in steps.
+
+def reflect_to_size(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Extend (B, C, H, W) at the bottom and right by mirroring until it is ``size`` (H, W).
+
+    A reflection must be shorter than the side it mirrors, so a long extension is done in
+    steps (which tiles the image with mirrored copies).
     """
-    target_h, target_w = padded_size(*image.shape[-2:], multiple)
+    target_h, target_w = size
     while image.shape[-2:] != (target_h, target_w):
         height, width = image.shape[-2:]
         image = F.pad(image, (0, min(target_w - width, width - 1), 0, min(target_h - height, height - 1)),

@@ -129,22 +129,6 @@ def encode_style(loaded: LoadedModel, image: torch.Tensor) -> StyleEncoding:
     return StyleEncoding(tokens, grid, rgb.to(storage), {grid: tokens})
 
 
-def _style_tokens(model: MambaST, style: StyleEncoding, content: ContentEncoding) -> torch.Tensor:
-    """The style's tokens on the content's grid, on the model's device.
-
-    Re-encodings for a new grid are kept in ``style.by_grid`` on the intermediate device, so a
-    batch of frames, and later runs with other seeds, encode the style only once.
-    """
-    cached = style.by_grid.get(content.grid)
-    if cached is None:
-        # One image at a time, as the all-in-one node does, for identical arithmetic.
-        images = style.image.to(model.device)
-        cached = torch.cat([model.encode_style(images[i:i + 1], content.padded_size).tokens
-                            for i in range(images.shape[0])]).to(host.intermediate_device())
-        style.by_grid[content.grid] = cached
-    return cached.to(model.device)
-
-
 def fuse(loaded: LoadedModel, content: ContentPayload, style: StyleEncoding, seed: int,
          shuffle: bool = True) -> FeaturesPayload:
     """MambaSTFuse: the MSTD stage, one content image at a time, one seed for the batch."""
@@ -155,7 +139,9 @@ def fuse(loaded: LoadedModel, content: ContentPayload, style: StyleEncoding, see
     height, width = encoding.image_size
     features = []
     with _running(loaded, count, height, width, content=False, style=False, decode=False) as image_done:
-        style_tokens = _style_tokens(model, style, encoding)
+        # Re-encodings for a new grid are cached in the style object on the intermediate
+        # device: a batch of frames, and later runs with other seeds, encode the style once.
+        style_tokens = model.style_on_grid(style, encoding, cache_device=storage)
         for index in range(count):
             one_content = dataclasses.replace(encoding, tokens=pick(encoding.tokens, index).to(model.device))
             one_style = StyleEncoding(pick(style_tokens, index), encoding.grid)
