@@ -7,7 +7,7 @@ content's grid; these helpers decide which picture fills that grid.
 from __future__ import annotations
 
 import dataclasses
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 
@@ -75,4 +75,7 @@ def mix_tokens(first: torch.Tensor, second: torch.Tensor, weight: float, seed: i
     return torch.where(take_second.to(first.device)[None, :, None], second.to(first), first)
 
 
-StyleSource = Union["StyleEncoding", StyleMix]  # noqa: F821 (StyleEncoding lives in model.py)
+if TYPE_CHECKING:
+    from .model import StyleEncoding
+
+StyleSource = Union["StyleEncoding", StyleMix]

@@ -41,6 +41,25 @@ def _shuffle_input() -> io.Input:
                                     "arrangement onto the content.")
 
 
+def _strength_input() -> io.Input:
+    return io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                          tooltip="How much style: 1 is the full stylization, 0 the content as the model "
+                                  "reconstructs it (no style work at all), values between blend the two.")
+
+
+def _smoothing_input() -> io.Input:
+    return io.Float.Input("temporal_smoothing", default=0.0, min=0.0, max=0.95, step=0.05,
+                          tooltip="For video frames in a batch: blends each frame's features with the previous "
+                                  "frame's to cut flicker further. 0 is off; higher is steadier but can smear "
+                                  "fast motion.")
+
+
+def _style_scale_input() -> io.Input:
+    return io.Float.Input("style_scale", default=1.0, min=0.125, max=8.0, step=0.05,
+                          tooltip="Size of the style relative to the content: above 1 zooms into the style "
+                                  "(bigger brush strokes), below 1 repeats it smaller (finer texture).")
+
+
 class MambaSTLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -94,13 +113,14 @@ class MambaSTEncodeStyle(io.ComfyNode):
                         "whole batch of content frames; it is fitted to each content size once and cached.",
             inputs=[_model_input(),
                     io.Image.Input("image", tooltip="The painting or texture whose look to transfer. One image "
-                                                    "styles every content image; or give one per content image.")],
+                                                    "styles every content image; or give one per content image."),
+                    _style_scale_input()],
             outputs=[MambaSTStyle.Output(display_name="style")],
         )
 
     @classmethod
-    def execute(cls, model, image) -> io.NodeOutput:
-        return io.NodeOutput(stages.encode_style(model, image))
+    def execute(cls, model, image, style_scale: float = 1.0) -> io.NodeOutput:
+        return io.NodeOutput(stages.encode_style(model, image, style_scale))
 
 
 class MambaSTFuse(io.ComfyNode):
@@ -112,14 +132,21 @@ class MambaSTFuse(io.ComfyNode):
                         "the step from the shuffled style, C from the content).",
             inputs=[_model_input(),
                     MambaSTContent.Input("content", tooltip="From MambaST Encode Content."),
-                    MambaSTStyle.Input("style", tooltip="From MambaST Encode Style."),
-                    _seed_input(), _shuffle_input()],
+                    MambaSTStyle.Input("style", lazy=True,
+                                       tooltip="From MambaST Encode Style or MambaST Style Blend; not computed "
+                                               "when strength is 0."),
+                    _seed_input(), _shuffle_input(), _strength_input(), _smoothing_input()],
             outputs=[MambaSTFeatures.Output(display_name="features")],
         )
 
     @classmethod
-    def execute(cls, model, content, style, seed: int, shuffle: bool) -> io.NodeOutput:
-        return io.NodeOutput(stages.fuse(model, content, style, seed, shuffle))
+    def check_lazy_status(cls, strength: float = 1.0, **inputs) -> list[str]:
+        return stages.needed_style_inputs(strength, inputs)
+
+    @classmethod
+    def execute(cls, model, content, seed: int, shuffle: bool, strength: float = 1.0,
+                temporal_smoothing: float = 0.0, style=None) -> io.NodeOutput:
+        return io.NodeOutput(stages.fuse(model, content, style, seed, shuffle, strength, temporal_smoothing))
 
 
 class MambaSTDecode(io.ComfyNode):
@@ -144,26 +171,131 @@ class MambaSTStylize(io.ComfyNode):
         return _schema(
             node_id="MambaSTStylize", display_name="MambaST Stylize",
             description="Paints the content image(s) in the style of the style image: encode, fuse and decode "
-                        "in one node. Same result as the staged nodes for the same seed.",
+                        "in one node, with every artist control. Same result as the staged nodes for the same "
+                        "seed and settings.",
             search_aliases=["style transfer", "stylize", "mamba"],
             inputs=[_model_input(),
                     io.Image.Input("content", tooltip="The picture(s) to restyle (a batch of frames is fine)."),
-                    io.Image.Input("style", tooltip="The style: one image for all contents, or one per content."),
+                    io.Image.Input("style", lazy=True,
+                                   tooltip="The style: one image for all contents, or one per content."),
                     _seed_input(), _shuffle_input(),
                     io.Int.Input("processing_size", default=512, min=0, max=16384, step=8,
                                  tooltip="Shorter side, in pixels, at which the model works; the result is "
                                          "resized back to the content's size. Larger gives finer brush strokes "
-                                         "relative to the picture. 0 works at the input size.")],
+                                         "relative to the picture. 0 works at the input size."),
+                    _strength_input(), _style_scale_input(),
+                    io.Combo.Input("colour", options=list(stages.COLOUR_MODES), default="style",
+                                   tooltip="style: the style's colours. keep content: the style's strokes and "
+                                           "light, the content's colours. match style to content: recolour the "
+                                           "style to the content's palette before transferring it."),
+                    _smoothing_input(),
+                    io.Mask.Input("mask", optional=True,
+                                  tooltip="Stylize only where the mask is white; elsewhere the content is "
+                                          "untouched. Resized to the content if needed."),
+                    io.Int.Input("feather", default=0, min=0, max=512, optional=True,
+                                 tooltip="Softens the mask's edge inwards over about this many pixels."),
+                    io.Boolean.Input("invert_mask", default=False, optional=True,
+                                     tooltip="Stylize where the mask is black instead."),
+                    io.Image.Input("style_2", optional=True, lazy=True,
+                                   tooltip="A second style to mix with the first (see style_2_weight)."),
+                    io.Float.Input("style_2_weight", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
+                                   tooltip="Share of the second style in the mix: 0 only the first style, 1 only "
+                                           "the second.")],
             outputs=[io.Image.Output(display_name="image")],
         )
 
     @classmethod
-    def execute(cls, model, content, style, seed: int, shuffle: bool, processing_size: int) -> io.NodeOutput:
-        return io.NodeOutput(stages.stylize(model, content, style, seed, shuffle, processing_size))
+    def check_lazy_status(cls, strength: float = 1.0, style_2_weight: float = 0.5, **inputs) -> list[str]:
+        return stages.needed_style_inputs(strength, inputs, style_2_weight)
+
+    @classmethod
+    def execute(cls, model, content, seed: int, shuffle: bool, processing_size: int, strength: float = 1.0,
+                style_scale: float = 1.0, colour: str = "style", temporal_smoothing: float = 0.0, style=None,
+                mask=None, feather: int = 0, invert_mask: bool = False, style_2=None,
+                style_2_weight: float = 0.5) -> io.NodeOutput:
+        return io.NodeOutput(stages.stylize(
+            model, content, style, seed, shuffle, processing_size, strength, style_scale, colour,
+            temporal_smoothing, mask, feather, invert_mask, style_2, style_2_weight if style_2 is not None else 0.0))
+
+
+class MambaSTStyleBlend(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return _schema(
+            node_id="MambaSTStyleBlend", display_name="MambaST Style Blend",
+            description="Mixes two styles: the fused image draws a share of its style tokens from each. Chain "
+                        "blends to mix more than two.",
+            search_aliases=["mix styles"],
+            inputs=[MambaSTStyle.Input("style_a", tooltip="First style (Encode Style or another blend)."),
+                    MambaSTStyle.Input("style_b", tooltip="Second style."),
+                    io.Float.Input("weight", default=0.5, min=0.0, max=1.0, step=0.05,
+                                   tooltip="Share of style_b: 0 is only style_a, 1 only style_b."),
+                    io.Int.Input("seed", default=0, min=0, max=SEED_MAX,
+                                 tooltip="Which tokens come from which style; the same seed gives the same mix.")],
+            outputs=[MambaSTStyle.Output(display_name="style")],
+        )
+
+    @classmethod
+    def execute(cls, style_a, style_b, weight: float, seed: int) -> io.NodeOutput:
+        return io.NodeOutput(stages.blend_styles(style_a, style_b, weight, seed))
+
+
+class MambaSTMaskComposite(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return _schema(
+            node_id="MambaSTMaskComposite", display_name="MambaST Mask Composite",
+            description="Shows the stylized image only inside the mask, over the untouched content.",
+            inputs=[io.Image.Input("content", tooltip="The original content image."),
+                    io.Image.Input("stylized", tooltip="The stylized image (same size)."),
+                    io.Mask.Input("mask", tooltip="White: stylized. Black: content. Resized if needed."),
+                    io.Int.Input("feather", default=0, min=0, max=512,
+                                 tooltip="Softens the mask's edge inwards over about this many pixels."),
+                    io.Boolean.Input("invert_mask", default=False, tooltip="Stylize where the mask is black.")],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, content, stylized, mask, feather: int, invert_mask: bool) -> io.NodeOutput:
+        return io.NodeOutput(stages.mask_composite(content, stylized, mask, feather, invert_mask))
+
+
+class MambaSTKeepContentColour(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return _schema(
+            node_id="MambaSTKeepContentColour", display_name="MambaST Keep Content Colour",
+            description="Keeps the stylized image's strokes and light but gives it back the content's colours.",
+            inputs=[io.Image.Input("content", tooltip="The original content image."),
+                    io.Image.Input("stylized", tooltip="The stylized image (same size).")],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, content, stylized) -> io.NodeOutput:
+        return io.NodeOutput(stages.keep_colour(content, stylized))
+
+
+class MambaSTMatchColour(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return _schema(
+            node_id="MambaSTMatchColour", display_name="MambaST Match Style Colour",
+            description="Recolours the style image to the content's palette (mean and covariance of its "
+                        "colours) before encoding, so the style brings its texture but not its colours.",
+            inputs=[io.Image.Input("style", tooltip="The style image to recolour."),
+                    io.Image.Input("content", tooltip="The content whose colours to take (a batch is pooled).")],
+            outputs=[io.Image.Output(display_name="style")],
+        )
+
+    @classmethod
+    def execute(cls, style, content) -> io.NodeOutput:
+        return io.NodeOutput(stages.match_style_colour(style, content))
 
 
 NODES: list[type[io.ComfyNode]] = [MambaSTLoader, MambaSTEncodeContent, MambaSTEncodeStyle, MambaSTFuse,
-                                   MambaSTDecode, MambaSTStylize]
+                                   MambaSTDecode, MambaSTStylize, MambaSTStyleBlend, MambaSTMaskComposite,
+                                   MambaSTKeepContentColour, MambaSTMatchColour]
 
 
 class MambaSTExtension(ComfyExtension):

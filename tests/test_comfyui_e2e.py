@@ -33,7 +33,8 @@ from mambast.random_weights import SMALL_CONFIG, random_official_tensors, write_
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
 NODE_IDS = ["MambaSTLoader", "MambaSTEncodeContent", "MambaSTEncodeStyle", "MambaSTFuse", "MambaSTDecode",
-            "MambaSTStylize"]
+            "MambaSTStylize", "MambaSTStyleBlend", "MambaSTMaskComposite", "MambaSTKeepContentColour",
+            "MambaSTMatchColour"]
 PACK_FOLDER = "ComfyUI-MambaST"
 
 
@@ -90,6 +91,12 @@ def server(tmp_path_factory):
     generator = torch.Generator().manual_seed(0)
     write_image(torch.rand(3, 72, 104, generator=generator), base / "input" / "content.png")
     write_image(torch.rand(3, 64, 64, generator=generator), base / "input" / "style.png")
+    write_image(torch.rand(3, 40, 40, generator=generator), base / "input" / "style_b.png")
+    # ComfyUI's LoadImage gives MASK = 1 - alpha: transparent where the stylization should show.
+    rgba = np.asarray(Image.open(base / "input" / "content.png").convert("RGBA")).copy()
+    rgba[..., 3] = 255
+    rgba[16:56, 24:80, 3] = 0
+    Image.fromarray(rgba).save(base / "input" / "content_masked.png")
     yaml = base / "extra_model_paths.yaml"
     yaml.write_text(f"mambast_test:\n    base_path: {base}\n    custom_nodes: custom_nodes\n"
                     f"    mambast: models/mambast\n")
@@ -124,7 +131,7 @@ def server(tmp_path_factory):
         process.kill()
 
 
-def test_pack_imports_and_registers_all_six_nodes(server):
+def test_pack_imports_and_registers_all_its_nodes(server):
     log = server.log.read_text()
     assert "IMPORT FAILED" not in log or PACK_FOLDER not in log.split("IMPORT FAILED")[0].splitlines()[-1], log
     info = server.get("/object_info")
@@ -148,9 +155,10 @@ def staged_graph(checkpoint: str, seed: int) -> dict:
         "2": {"class_type": "LoadImage", "inputs": {"image": "content.png"}},
         "3": {"class_type": "LoadImage", "inputs": {"image": "style.png"}},
         "4": {"class_type": "MambaSTEncodeContent", "inputs": {"model": ["1", 0], "image": ["2", 0]}},
-        "5": {"class_type": "MambaSTEncodeStyle", "inputs": {"model": ["1", 0], "image": ["3", 0]}},
+        "5": {"class_type": "MambaSTEncodeStyle", "inputs": {"model": ["1", 0], "image": ["3", 0], "style_scale": 1.0}},
         "6": {"class_type": "MambaSTFuse", "inputs": {"model": ["1", 0], "content": ["4", 0], "style": ["5", 0],
-                                                      "seed": seed, "shuffle": True}},
+                                                      "seed": seed, "shuffle": True, "strength": 1.0,
+                                                      "temporal_smoothing": 0.0}},
         "7": {"class_type": "MambaSTDecode", "inputs": {"model": ["1", 0], "features": ["6", 0]}},
         "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "staged"}},
     }
@@ -162,7 +170,9 @@ def all_in_one_graph(checkpoint: str, seed: int) -> dict:
         "2": {"class_type": "LoadImage", "inputs": {"image": "content.png"}},
         "3": {"class_type": "LoadImage", "inputs": {"image": "style.png"}},
         "4": {"class_type": "MambaSTStylize", "inputs": {"model": ["1", 0], "content": ["2", 0], "style": ["3", 0],
-                                                         "seed": seed, "shuffle": True, "processing_size": 0}},
+                                                         "seed": seed, "shuffle": True, "processing_size": 0,
+                                                         "strength": 1.0, "style_scale": 1.0, "colour": "style",
+                                                         "temporal_smoothing": 0.0}},
         "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "allinone"}},
     }
 
@@ -178,6 +188,51 @@ def test_staged_and_all_in_one_graphs_run_and_save_the_same_image(server):
     staged_pixels, direct_pixels = saved_image(server, staged, "8"), saved_image(server, direct, "5")
     assert staged_pixels.shape == (72, 104, 3)
     assert np.array_equal(staged_pixels, direct_pixels)
+
+
+def controls_graphs(seed: int) -> tuple[dict, dict]:
+    """The same controls (mask, strength, two-style blend) as one node and as staged nodes."""
+    common = {
+        "1": {"class_type": "MambaSTLoader", "inputs": {"checkpoint": "small.safetensors", "dtype": "auto",
+                                                        "scan": "auto"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "content_masked.png"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "style.png"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "style_b.png"}},
+    }
+    all_in_one = dict(common, **{
+        "5": {"class_type": "MambaSTStylize", "inputs": {
+            "model": ["1", 0], "content": ["2", 0], "style": ["3", 0], "seed": seed, "shuffle": True,
+            "processing_size": 0, "strength": 0.6, "style_scale": 1.0, "colour": "style", "temporal_smoothing": 0.0,
+            "mask": ["2", 1], "feather": 4, "invert_mask": False, "style_2": ["4", 0], "style_2_weight": 0.4}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "controls_one"}},
+    })
+    staged = dict(common, **{
+        "5": {"class_type": "MambaSTEncodeContent", "inputs": {"model": ["1", 0], "image": ["2", 0]}},
+        "6": {"class_type": "MambaSTEncodeStyle", "inputs": {"model": ["1", 0], "image": ["3", 0], "style_scale": 1.0}},
+        "7": {"class_type": "MambaSTEncodeStyle", "inputs": {"model": ["1", 0], "image": ["4", 0], "style_scale": 1.0}},
+        "8": {"class_type": "MambaSTStyleBlend", "inputs": {"style_a": ["6", 0], "style_b": ["7", 0], "weight": 0.4,
+                                                            "seed": seed}},
+        "9": {"class_type": "MambaSTFuse", "inputs": {"model": ["1", 0], "content": ["5", 0], "style": ["8", 0],
+                                                      "seed": seed, "shuffle": True, "strength": 0.6,
+                                                      "temporal_smoothing": 0.0}},
+        "10": {"class_type": "MambaSTDecode", "inputs": {"model": ["1", 0], "features": ["9", 0]}},
+        "11": {"class_type": "MambaSTMaskComposite", "inputs": {"content": ["2", 0], "stylized": ["10", 0],
+                                                                "mask": ["2", 1], "feather": 4, "invert_mask": False}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "controls_staged"}},
+    })
+    return all_in_one, staged
+
+
+def test_mask_strength_and_blend_run_in_real_graphs_staged_equal_to_all_in_one(server):
+    all_in_one, staged = controls_graphs(seed=3)
+    one = saved_image(server, server.run(all_in_one), "6")
+    parts = saved_image(server, server.run(staged), "12")
+    assert np.array_equal(one, parts)
+    content = np.asarray(Image.open(server.base / "input" / "content_masked.png").convert("RGB"))
+    outside = np.ones(content.shape[:2], dtype=bool)
+    outside[16:56, 24:80] = False
+    assert np.array_equal(one[outside], content[outside])
+    assert not np.array_equal(one[20:52, 28:76], content[20:52, 28:76])
 
 
 def test_a_missing_checkpoint_fails_the_node_with_a_helpful_message_and_the_server_survives(server):

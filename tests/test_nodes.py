@@ -214,3 +214,57 @@ def test_status_without_any_weights_says_where_to_get_them(comfy):
             path.unlink()
     report = status.status_report(None, "auto")
     assert not report["ok"] and "drive.google.com" in report["message"]
+
+
+def test_staged_controls_equal_the_all_in_one_node(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    frames, style, second = image(3, 32, 40), image(1, 48, 48, seed=1), image(1, 24, 40, seed=2)
+    mask = torch.zeros(1, 16, 20)
+    mask[:, 4:12, 5:15] = 1.0
+    content = stages.encode_content(loaded, frames)
+    blended = stages.blend_styles(stages.encode_style(loaded, style, style_scale=1.5),
+                                  stages.encode_style(loaded, second, style_scale=1.5), 0.3, seed=5)
+    decoded = stages.decode(loaded, stages.fuse(loaded, content, blended, seed=5, strength=0.7,
+                                                temporal_smoothing=0.4))
+    staged = stages.mask_composite(frames, stages.keep_colour(frames, decoded), mask, feather=3, invert=True)
+    direct = stages.stylize(loaded, frames, style, seed=5, processing_size=0, strength=0.7, style_scale=1.5,
+                            colour="keep content", temporal_smoothing=0.4, mask=mask, feather=3, invert_mask=True,
+                            second_style=second, second_style_weight=0.3)
+    assert torch.equal(staged, direct)
+
+
+def test_matching_colour_before_encoding_equals_the_all_in_one_option(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    frames, style = image(2, 24, 24), image(1, 24, 24, seed=1)
+    recoloured = stages.match_style_colour(style, frames)
+    staged = stages.decode(loaded, stages.fuse(loaded, stages.encode_content(loaded, frames),
+                                               stages.encode_style(loaded, recoloured), seed=2))
+    direct = stages.stylize(loaded, frames, style, seed=2, processing_size=0, colour="match style to content")
+    assert torch.equal(staged, direct)
+
+
+def test_strength_zero_asks_for_no_style_and_unconnected_inputs_are_never_requested(comfy):
+    needed = comfy.stages.needed_style_inputs
+    assert needed(0.0, {"style": None, "style_2": None}, 0.5) == []
+    assert needed(0.5, {"style": None, "style_2": None}, 0.5) == ["style", "style_2"]
+    assert needed(0.5, {"style": None}, 0.5) == ["style"]
+    assert needed(1.0, {"style": object()}, 0.0) == []
+    loaded = comfy.stages.load_model("small.safetensors", "auto", "auto")
+    frames = image(1, 24, 24)
+    identity = comfy.stages.stylize(loaded, frames, None, seed=1, processing_size=0, strength=0.0)
+    staged = comfy.stages.decode(loaded, comfy.stages.fuse(loaded, comfy.stages.encode_content(loaded, frames),
+                                                           None, seed=1, strength=0.0))
+    assert torch.equal(identity, staged)
+
+
+def test_composite_nodes_check_their_inputs(comfy):
+    stages = comfy.stages
+    with pytest.raises(ValueError, match="stylized image is 1x20x20"):
+        stages.keep_colour(image(1, 24, 24), image(1, 20, 20))
+    with pytest.raises(ValueError, match="colour: 'sepia'"):
+        stages.stylize(stages.load_model("small.safetensors", "auto", "auto"), image(1, 16, 16),
+                       image(1, 16, 16), seed=0, colour="sepia")
+    out = stages.mask_composite(image(1, 16, 16), image(1, 16, 16, seed=1), torch.zeros(1, 8, 8))
+    assert torch.equal(out, image(1, 16, 16))
