@@ -41,16 +41,17 @@ def match_colour(style: torch.Tensor, content: torch.Tensor, eps: float = 1e-5) 
     (B', 3, H', W'), its statistics pooled over the batch so that every frame of a video gets
     the same recoloured style. The result is clamped to 0..1.
     """
-    eye = torch.eye(3, dtype=torch.float64, device=style.device) * eps
-    target = content.transpose(0, 1).reshape(3, -1).double().to(style.device)
+    # Statistics in float64 on the CPU (MPS has no float64); the images are small next to the model.
+    eye = torch.eye(3, dtype=torch.float64) * eps
+    target = content.detach().transpose(0, 1).reshape(3, -1).double().cpu()
     mean_t, cov_t = target.mean(1, keepdim=True), torch.cov(target) + eye
     out = []
     for index in range(style.shape[0]):
-        source = style[index].reshape(3, -1).double()
+        source = style[index].detach().reshape(3, -1).double().cpu()
         mean_s, cov_s = source.mean(1, keepdim=True), torch.cov(source) + eye
         transform = _sqrtm(cov_t) @ torch.linalg.inv(_sqrtm(cov_s))
         recoloured = transform @ (source - mean_s) + mean_t
-        out.append(recoloured.reshape(style.shape[1:]).to(style.dtype))
+        out.append(recoloured.reshape(style.shape[1:]).to(device=style.device, dtype=style.dtype))
     return torch.stack(out).clamp(0.0, 1.0)
 
 

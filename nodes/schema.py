@@ -230,7 +230,7 @@ class MambaSTStyleBlend(io.ComfyNode):
                     MambaSTStyle.Input("style_b", tooltip="Second style."),
                     io.Float.Input("weight", default=0.5, min=0.0, max=1.0, step=0.05,
                                    tooltip="Share of style_b: 0 is only style_a, 1 only style_b."),
-                    io.Int.Input("seed", default=0, min=0, max=SEED_MAX,
+                    io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                                  tooltip="Which tokens come from which style; the same seed gives the same mix.")],
             outputs=[MambaSTStyle.Output(display_name="style")],
         )
