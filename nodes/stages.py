@@ -214,8 +214,8 @@ def stylize(loaded: LoadedModel, content_image: torch.Tensor, style_image: torch
     model, storage = loaded.model, host.intermediate_device()
     working = resize_shorter_side(content_rgb[:1], processing_size)
     with _running(loaded, content_rgb.shape[0], *working.shape[-2:]) as image_done:
-        stylized = stylize_images(model, content_rgb.to(model.device), _on(style_rgb, model.device), controls,
-                                  _on(second_rgb, model.device), image_done)
+        # Images stay where ComfyUI keeps them; each is moved to the model's device in turn.
+        stylized = stylize_images(model, content_rgb, style_rgb, controls, second_rgb, image_done)
     return join_image(stylized.to(storage), alpha)
 
 
@@ -252,7 +252,3 @@ def _same_size(content: torch.Tensor, stylized: torch.Tensor) -> None:
         raise ValueError(f"content image is {content.shape[0]}x{content.shape[3]}x{content.shape[2]} but the stylized "
                          f"image is {stylized.shape[0]}x{stylized.shape[3]}x{stylized.shape[2]} (batch x width x "
                          "height): connect the content that was stylized, with the same size.")
-
-
-def _on(image: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if image is None else image.to(device)
