@@ -12,6 +12,7 @@ from conftest import ROOT
 
 NODE_IDS = ["MambaSTLoader", "MambaSTEncodeContent", "MambaSTEncodeStyle", "MambaSTFuse", "MambaSTDecode",
             "MambaSTStylize"]
+NODE_IDS += ["MambaSTStyleBlend", "MambaSTMaskComposite", "MambaSTKeepContentColour", "MambaSTMatchColour"]
 CORE_NODES = {"LoadImage", "SaveImage", "UpscaleModelLoader", "ImageUpscaleWithModel", "LoadVideo",
               "GetVideoComponents", "CreateVideo", "SaveVideo", "PreviewImage", "ImageCompositeMasked"}
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))

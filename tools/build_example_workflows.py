@@ -87,9 +87,27 @@ def load_image(graph: Graph, pos, file: str, title: str) -> Node:
                      size=(300, 330), title=title)
 
 
-def stylize(graph: Graph, pos, seed=42) -> Node:
-    return graph.add("MambaSTStylize", pos, inputs=[MODEL, ("content", "IMAGE"), ("style", "IMAGE")],
-                     outputs=[("image", "IMAGE")], widgets=[seed, "fixed", True, 512], size=(320, 200))
+STYLIZE_INPUTS = [MODEL, ("content", "IMAGE"), ("style", "IMAGE"), ("mask", "MASK"), ("style_2", "IMAGE")]
+
+
+def stylize(graph: Graph, pos, seed=42, strength=1.0, style_scale=1.0, colour="style", smoothing=0.0,
+            feather=0, invert=False, second_weight=0.5) -> Node:
+    # Widgets in input order: seed (+ its control), shuffle, processing_size, strength, style_scale,
+    # colour, temporal_smoothing, then the optional feather, invert_mask, style_2_weight.
+    return graph.add("MambaSTStylize", pos, inputs=STYLIZE_INPUTS, outputs=[("image", "IMAGE")],
+                     widgets=[seed, "fixed", True, 512, strength, style_scale, colour, smoothing, feather, invert,
+                              second_weight], size=(340, 380))
+
+
+def encode_style(graph: Graph, pos, scale=1.0) -> Node:
+    return graph.add("MambaSTEncodeStyle", pos, inputs=[MODEL, ("image", "IMAGE")],
+                     outputs=[("style", "MAMBAST_STYLE")], widgets=[scale], size=(280, 100))
+
+
+def fuse(graph: Graph, pos, seed=42, strength=1.0, smoothing=0.0) -> Node:
+    return graph.add("MambaSTFuse", pos, inputs=[MODEL, ("content", "MAMBAST_CONTENT"), ("style", "MAMBAST_STYLE")],
+                     outputs=[("features", "MAMBAST_FEATURES")], widgets=[seed, "fixed", True, strength, smoothing],
+                     size=(300, 220))
 
 
 def save(graph: Graph, pos, prefix: str) -> Node:
@@ -117,21 +135,18 @@ def staged() -> Graph:
     style = load_image(graph, (0, 560), "style.png", "Style")
     encode_content = graph.add("MambaSTEncodeContent", (380, 180), inputs=[MODEL, ("image", "IMAGE")],
                                outputs=[("content", "MAMBAST_CONTENT")], size=(280, 80))
-    encode_style = graph.add("MambaSTEncodeStyle", (380, 560), inputs=[MODEL, ("image", "IMAGE")],
-                             outputs=[("style", "MAMBAST_STYLE")], size=(280, 80))
-    fuse = graph.add("MambaSTFuse", (720, 300),
-                     inputs=[MODEL, ("content", "MAMBAST_CONTENT"), ("style", "MAMBAST_STYLE")],
-                     outputs=[("features", "MAMBAST_FEATURES")], widgets=[42, "fixed", True], size=(300, 170))
+    style_node = encode_style(graph, (380, 560))
+    fuse_node = fuse(graph, (720, 300))
     decode = graph.add("MambaSTDecode", (1080, 300), inputs=[MODEL, ("features", "MAMBAST_FEATURES")],
                        outputs=[("image", "IMAGE")], size=(260, 80))
     out = save(graph, (1400, 180), "mambast/staged")
-    for target in (encode_content, encode_style, fuse, decode):
+    for target in (encode_content, style_node, fuse_node, decode):
         graph.connect(model, 0, target, "model")
     graph.connect(content, 0, encode_content, "image")
-    graph.connect(style, 0, encode_style, "image")
-    graph.connect(encode_content, 0, fuse, "content")
-    graph.connect(encode_style, 0, fuse, "style")
-    graph.connect(fuse, 0, decode, "features")
+    graph.connect(style, 0, style_node, "image")
+    graph.connect(encode_content, 0, fuse_node, "content")
+    graph.connect(style_node, 0, fuse_node, "style")
+    graph.connect(fuse_node, 0, decode, "features")
     graph.connect(decode, 0, out, "images")
     return graph
 
@@ -143,8 +158,8 @@ def video_frames() -> Graph:
                       size=(300, 330), title="Content video")
     components = graph.add("GetVideoComponents", (0, 560), inputs=[("video", "VIDEO")],
                            outputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")], size=(280, 90))
-    style = load_image(graph, (380, 420), "style.png", "One style for every frame")
-    node = stylize(graph, (380, 180))
+    style = load_image(graph, (380, 640), "style.png", "One style for every frame")
+    node = stylize(graph, (380, 180), smoothing=0.3)
     create = graph.add("CreateVideo", (760, 180), inputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
                        outputs=[("VIDEO", "VIDEO")], widgets=[30], size=(270, 100))
     out = graph.add("SaveVideo", (1080, 180), inputs=[("video", "VIDEO")],
@@ -166,7 +181,7 @@ def upscale() -> Graph:
     content = load_image(graph, (0, 180), "example.png", "Content")
     style = load_image(graph, (0, 560), "style.png", "Style")
     node = stylize(graph, (380, 180))
-    upscaler = graph.add("UpscaleModelLoader", (380, 440), outputs=[("UPSCALE_MODEL", "UPSCALE_MODEL")],
+    upscaler = graph.add("UpscaleModelLoader", (380, 640), outputs=[("UPSCALE_MODEL", "UPSCALE_MODEL")],
                          widgets=["RealESRGAN_x4plus.safetensors"], size=(320, 60))
     upscale_node = graph.add("ImageUpscaleWithModel", (760, 300),
                              inputs=[("upscale_model", "UPSCALE_MODEL"), ("image", "IMAGE")],
@@ -181,7 +196,59 @@ def upscale() -> Graph:
     return graph
 
 
+def masked() -> Graph:
+    graph = Graph()
+    model = loader(graph, (0, 0))
+    content = load_image(graph, (0, 180), "example.png", "Content + mask (MaskEditor)")
+    style = load_image(graph, (0, 560), "style.png", "Style")
+    node = stylize(graph, (380, 180), strength=0.8, colour="keep content", feather=24)
+    out = save(graph, (760, 180), "mambast/masked")
+    graph.connect(model, 0, node, "model")
+    graph.connect(content, 0, node, "content")
+    graph.connect(content, 1, node, "mask")
+    graph.connect(style, 0, node, "style")
+    graph.connect(node, 0, out, "images")
+    return graph
+
+
+def style_blend() -> Graph:
+    graph = Graph()
+    model = loader(graph, (0, 0))
+    content = load_image(graph, (0, 180), "example.png", "Content")
+    style_a = load_image(graph, (0, 560), "style.png", "Style A")
+    style_b = load_image(graph, (0, 940), "style_b.png", "Style B")
+    encode_content = graph.add("MambaSTEncodeContent", (380, 180), inputs=[MODEL, ("image", "IMAGE")],
+                               outputs=[("content", "MAMBAST_CONTENT")], size=(280, 80))
+    encoded_a = encode_style(graph, (380, 560))
+    encoded_b = encode_style(graph, (380, 940), scale=2.0)
+    blend = graph.add("MambaSTStyleBlend", (720, 700), inputs=[("style_a", "MAMBAST_STYLE"),
+                                                              ("style_b", "MAMBAST_STYLE")],
+                      outputs=[("style", "MAMBAST_STYLE")], widgets=[0.4, 42, "fixed"], size=(280, 130))
+    fuse_node = fuse(graph, (1060, 300), strength=0.9)
+    decode = graph.add("MambaSTDecode", (1420, 300), inputs=[MODEL, ("features", "MAMBAST_FEATURES")],
+                       outputs=[("image", "IMAGE")], size=(260, 80))
+    keep = graph.add("MambaSTKeepContentColour", (1420, 440), inputs=[("content", "IMAGE"), ("stylized", "IMAGE")],
+                     outputs=[("image", "IMAGE")], size=(280, 80))
+    out = save(graph, (1760, 180), "mambast/blend")
+    for target in (encode_content, encoded_a, encoded_b, fuse_node, decode):
+        graph.connect(model, 0, target, "model")
+    graph.connect(content, 0, encode_content, "image")
+    graph.connect(style_a, 0, encoded_a, "image")
+    graph.connect(style_b, 0, encoded_b, "image")
+    graph.connect(encoded_a, 0, blend, "style_a")
+    graph.connect(encoded_b, 0, blend, "style_b")
+    graph.connect(encode_content, 0, fuse_node, "content")
+    graph.connect(blend, 0, fuse_node, "style")
+    graph.connect(fuse_node, 0, decode, "features")
+    graph.connect(content, 0, keep, "content")
+    graph.connect(decode, 0, keep, "stylized")
+    graph.connect(keep, 0, out, "images")
+    return graph
+
+
 WORKFLOWS = {
+    "mambast_masked": masked,
+    "mambast_style_blend": style_blend,
     "mambast_stylize": all_in_one,
     "mambast_staged": staged,
     "mambast_video_one_style": video_frames,
