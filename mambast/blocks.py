@@ -12,10 +12,13 @@ from torch import nn
 
 from .config import MambaSTConfig
 from .progress import tick
-from .scan import selective_scan
+from .scan import resolve_backend, selective_scan
+from .scan.chunked import selective_scan_chunked_directions
 
 # Parameters the selective scan reads; they stay float32 whatever the dense layers' dtype.
 SCAN_PARAMETERS = ("A_logs", "Ds", "dt_projs_bias")
+# The reference's scan orders: row-major, column-major, then both reversed.
+_DIRECTION_REVERSED = (False, False, True, True)
 
 
 class PatchEmbedding(nn.Module):
@@ -93,13 +96,33 @@ class SS2D(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, h, w, d_model) normalised tokens; style: (B, h, w, d_model) for cross blocks."""
+        x, gate = self.in_proj(x).chunk(2, dim=-1)
+        style_inner = self.in_style_proj(style) if self.cross else None
+        if self._scans_token_major(x, style_inner):
+            y = self._scan_token_major(x, style_inner)
+        else:
+            y = self._scan_stacked(x, style_inner)
+        y = self.out_norm(y.to(gate.dtype)) * F.silu(gate)
+        return self.out_proj(y)
+
+    def _scans_token_major(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> bool:
+        """Whether the direction-fused chunked scan runs: the chunked backend, and no autograd."""
+        backend = resolve_backend(self.scan_backend, x.device)
+        if backend == "mamba_ssm" and x.device.type != "cuda":
+            backend = "chunked"  # what the dispatcher runs off CUDA
+        if backend != "chunked":
+            return False
+        return not (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, style_inner, *self.parameters())))
+
+    def _scan_stacked(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> torch.Tensor:
+        """The four directions stacked as (B, K*d_inner, L) for any scan backend; (B, h, w, d_inner) out."""
         batch, height, width, _ = x.shape
         length = height * width
-        x, gate = self.in_proj(x).chunk(2, dim=-1)
         content_seq = scan_sequences(self._local_features(x))  # (B, K, d_inner, L)
         content_proj = torch.einsum("bkdl,kcd->bkcl", content_seq, self.x_proj_weight)
         if self.cross:
-            scan_input = scan_sequences(self._local_features(self.in_style_proj(style)))
+            scan_input = scan_sequences(self._local_features(style_inner))
             style_proj = torch.einsum("bkdl,kcd->bkcl", scan_input, self.style_proj_weight)
             dt_low, B = torch.split(style_proj, [self.dt_rank, self.d_state], dim=2)
             C = content_proj
@@ -113,9 +136,66 @@ class SS2D(nn.Module):
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
             backend=self.scan_backend,
         ).view(batch, -1, self.d_inner, length)
-        y = merge_sequences(y, height, width).transpose(1, 2).reshape(batch, height, width, self.d_inner)
-        y = self.out_norm(y.to(gate.dtype)) * F.silu(gate)
-        return self.out_proj(y)
+        return merge_sequences(y, height, width).transpose(1, 2).reshape(batch, height, width, self.d_inner)
+
+    def _token_sequences(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, h, w, d_inner) -> SiLU(depthwise conv) in row-major and column-major order, each (B, L, d_inner).
+
+        The convolution runs channels-last, so its output already is the row-major sequence.
+        """
+        batch, height, width, channels = tokens.shape
+        grid = tokens.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        local = F.silu(self.conv2d(grid)).permute(0, 2, 3, 1)
+        rows = local.reshape(batch, height * width, channels)
+        columns = local.transpose(1, 2).reshape(batch, height * width, channels)
+        return rows, columns
+
+    def _project(self, rows: torch.Tensor, columns: torch.Tensor, weight: torch.Tensor) -> list[torch.Tensor]:
+        """Per-direction projections (K, c, d_inner) of the sequences: K tensors (B, L, c), token order.
+
+        Rows serve directions 0 and 2 and columns 1 and 3: a reversed direction reads the same
+        tokens backwards, and a projection of flipped tokens is the flipped projection, so each
+        sequence is projected once, by its two directions' weights side by side.
+        """
+        width = weight.shape[1]
+        by_rows = torch.matmul(rows, weight[0::2].flatten(0, 1).t())
+        by_columns = torch.matmul(columns, weight[1::2].flatten(0, 1).t())
+        return [by_rows[..., :width], by_columns[..., :width], by_rows[..., width:], by_columns[..., width:]]
+
+    def _scan_token_major(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> torch.Tensor:
+        """The four directions without stacking or flipping copies (chunked scan, inference).
+
+        Same arithmetic as :meth:`_scan_stacked` up to float rounding; (B, h, w, d_inner) out.
+        """
+        batch, height, width, _ = x.shape
+        content_rows, content_columns = self._token_sequences(x)
+        content_proj = self._project(content_rows, content_columns, self.x_proj_weight)
+        if self.cross:
+            style_rows, style_columns = self._token_sequences(style_inner)
+            style_proj = self._project(style_rows, style_columns, self.style_proj_weight)
+            dt_low = [p[..., : self.dt_rank] for p in style_proj]
+            B = [p[..., self.dt_rank:] for p in style_proj]
+            C = content_proj
+            rows, columns = style_rows, style_columns
+        else:
+            dt_low = [p[..., : self.dt_rank] for p in content_proj]
+            B = [p[..., self.dt_rank: self.dt_rank + self.d_state] for p in content_proj]
+            C = [p[..., self.dt_rank + self.d_state:] for p in content_proj]
+            rows, columns = content_rows, content_columns
+        # delta in scan order: the reversed directions' low-rank inputs are flipped, not delta.
+        delta = torch.empty(len(dt_low), batch, height * width, self.d_inner, dtype=x.dtype, device=x.device)
+        for k, (low, weight) in enumerate(zip(dt_low, self.dt_projs_weight)):
+            torch.matmul(low.flip(1) if _DIRECTION_REVERSED[k] else low, weight.t(), out=delta[k])
+        delta = delta.transpose(0, 1)  # (B, K, L, d_inner)
+        rows_sum, columns_sum = selective_scan_chunked_directions(
+            [rows, columns, rows, columns], delta, -torch.exp(self.A_logs.float()), B, C, self.Ds.float(),
+            delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
+            reverse=_DIRECTION_REVERSED, combine=(0, 1, 0, 1))
+        # Each sequence's two directions are summed in the scan (exactly as merge_sequences adds
+        # them); the column-major sum is brought back to row-major order here. merge_sequences adds
+        # the two column-major directions one at a time instead: a rounding-level difference.
+        return rows_sum.view(batch, height, width, self.d_inner) + \
+            columns_sum.view(batch, width, height, self.d_inner).transpose(1, 2)
 
 
 class VSSBlock(nn.Module):
@@ -201,7 +281,7 @@ def build_cnn_decoder(config: MambaSTConfig) -> nn.Sequential:
     for index in range(convolutions):
         layers += [nn.ReflectionPad2d(1), nn.Conv2d(channels[index], channels[index + 1], 3)]
         if index < convolutions - 1:
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=True))
         if index in _UPSAMPLE_AFTER:
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
     return nn.Sequential(*layers)

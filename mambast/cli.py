@@ -63,8 +63,16 @@ def _progress(done: int, total: int, started: float, label: str) -> None:
     sys.stderr.flush()
 
 
+def _say_retry(tile: int) -> None:
+    sys.stderr.write(f"\nOut of memory; retrying with {tile}x{tile} pixel tiles.\n")
+
+
 def run_stylize(args: argparse.Namespace) -> int:
     from . import load
+    from .tiling import stylize_with_fallback
+
+    if args.tile and (args.tile < 16 or args.tile % 8):
+        raise SystemExit(f"error: --tile {args.tile} must be 0 (off) or a multiple of 8 of at least 16.")
 
     contents = collect_images(args.content, "content")
     styles = collect_images(args.style, "style")
@@ -82,11 +90,17 @@ def run_stylize(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         for content_path in contents:
             content = resize_shorter_side(read_image(content_path), args.size)
-            content_encoding = model.encode_content(content)
+            content_encoding = None if args.tile else model.encode_content(content)
             for style_path in styles:
-                style_encoding = model.encode_style(read_image(style_path), content_encoding.padded_size)
-                features = model.fuse(content_encoding, style_encoding, seed=seed, shuffle=not args.no_shuffle)
-                image = model.decode(features, content_encoding.image_size)
+                style = read_image(style_path)
+                if args.tile:
+                    image = stylize_with_fallback(model, content, style, tile=args.tile, seed=seed,
+                                                  shuffle=not args.no_shuffle, on_retry=_say_retry)
+                else:
+                    style_encoding = model.encode_style(style, content_encoding.padded_size)
+                    features = model.fuse(content_encoding, style_encoding, seed=seed,
+                                          shuffle=not args.no_shuffle)
+                    image = model.decode(features, content_encoding.image_size)
                 write_image(image, output / f"{content_path.stem}_stylized_{style_path.stem}.png")
                 done += 1
                 _progress(done, total, started, f"{content_path.name} x {style_path.name}")
@@ -119,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     stylize.add_argument("--dtype", choices=list(DTYPES), default="float32",
                          help="dtype of the dense layers; the scan stays float32")
+    stylize.add_argument("--tile", type=int, default=0,
+                         help="stylize in overlapping tiles of this many pixels (multiple of 8; 0 = off), "
+                              "for large images or little memory; halved automatically on out-of-memory")
     stylize.add_argument("--scan", choices=["auto", "chunked", "reference", "mamba_ssm"], default="auto",
                          help="selective-scan backend")
     stylize.set_defaults(run=run_stylize)

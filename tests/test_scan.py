@@ -137,3 +137,73 @@ def test_mismatched_scan_shapes_name_the_tensor():
     inputs["B"] = inputs["B"][..., :-1]
     with pytest.raises(ValueError, match="B must be"):
         selective_scan_chunked(**inputs)
+
+
+def direction_inputs(batch=2, channels=16, length=37, state=8, reverse=(False, False, True, True), bias=0.0,
+                     seed=0):
+    """Inputs of the direction-fused scan (two token sequences shared by four directions) and the
+    same problem stacked as the reference takes it: reversed directions flipped along L."""
+    g = torch.Generator().manual_seed(seed)
+    directions = len(reverse)
+    rows, columns = (torch.randn(batch, length, channels, generator=g) for _ in range(2))
+    u = [rows, columns] * (directions // 2)
+    delta_natural = [torch.randn(batch, length, channels, generator=g) for _ in range(directions)]
+    B = [torch.randn(batch, length, state, generator=g) for _ in range(directions)]
+    C = [torch.randn(batch, length, state, generator=g) for _ in range(directions)]
+    common = dict(A=-torch.rand(directions * channels, state, generator=g) * 2,
+                  D=torch.randn(directions * channels, generator=g),
+                  delta_bias=torch.full((directions * channels,), bias), delta_softplus=True)
+
+    def scan_order(t, r):
+        return t.flip(1) if r else t
+
+    fused = dict(u=u, delta=torch.stack([scan_order(d, r) for d, r in zip(delta_natural, reverse)], dim=1),
+                 B=B, C=C, reverse=reverse, **common)
+    stacked = dict(u=torch.cat([scan_order(t, r).transpose(1, 2) for t, r in zip(u, reverse)], dim=1),
+                   delta=torch.cat([scan_order(t, r).transpose(1, 2) for t, r in zip(delta_natural, reverse)], dim=1),
+                   B=torch.stack([scan_order(t, r).transpose(1, 2) for t, r in zip(B, reverse)], dim=1),
+                   C=torch.stack([scan_order(t, r).transpose(1, 2) for t, r in zip(C, reverse)], dim=1), **common)
+    return fused, stacked
+
+
+@pytest.mark.parametrize("reverse", [(False, False, True, True), (True, False, False, True), (False, False)])
+@pytest.mark.parametrize("length, chunk", [(37, 24), (5, 24), (48, 8), (1, 24)])
+def test_direction_scan_equals_reference_on_flipped_inputs(reverse, length, chunk):
+    fused, stacked = direction_inputs(length=length, reverse=reverse)
+    got = scan.selective_scan_chunked_directions(**fused, chunk=chunk)
+    expected = selective_scan_reference(**stacked).view(2, len(reverse), 16, length)
+    for k, r in enumerate(reverse):
+        back = expected[:, k].flip(-1) if r else expected[:, k]
+        assert relative_error(got[k].transpose(1, 2), back) <= 1e-5
+
+
+def test_direction_scan_sums_combined_directions_as_the_reference_merge():
+    fused, stacked = direction_inputs(length=30, bias=-1.0)
+    rows_sum, columns_sum = scan.selective_scan_chunked_directions(**fused, combine=(0, 1, 0, 1))
+    y = selective_scan_reference(**stacked).view(2, 4, 16, 30)
+    assert relative_error(rows_sum.transpose(1, 2), y[:, 0] + y[:, 2].flip(-1)) <= 1e-5
+    assert relative_error(columns_sum.transpose(1, 2), y[:, 1] + y[:, 3].flip(-1)) <= 1e-5
+
+
+def test_direction_scan_names_the_misshapen_input():
+    fused, _ = direction_inputs()
+    fused["B"] = fused["B"][:3]
+    with pytest.raises(ValueError, match="B must be 4 tensors"):
+        scan.selective_scan_chunked_directions(**fused)
+
+
+def test_token_major_blocks_equal_the_stacked_directions(small_model, monkeypatch):
+    from mambast.blocks import SS2D
+
+    content = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    style = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    taken = []
+    token_major = SS2D._scan_token_major
+    monkeypatch.setattr(SS2D, "_scan_token_major", lambda self, *a: taken.append(1) or token_major(self, *a))
+    with torch.inference_mode():
+        fused = small_model.stylize(content, style, seed=2)
+        assert len(taken) == 6  # every block of the 2 + 2 + 2 layer model took the fused path
+        monkeypatch.setattr(SS2D, "_scans_token_major", lambda self, *a: False)
+        stacked = small_model.stylize(content, style, seed=2)
+    assert len(taken) == 6
+    assert (fused - stacked).abs().max() <= 1e-4 * stacked.abs().max()

@@ -2,8 +2,10 @@
 
 Backends:
 - ``reference``: the plain sequential loop, the oracle in tests.
-- ``chunked``: exact closed form inside chunks; the default on CPU and MPS, and on CUDA when
-  mamba_ssm is not installed.
+- ``chunked``: the state carried token by token inside chunks whose discretisation is built at
+  once; the default on CPU and MPS, and on CUDA when mamba_ssm is not installed. SS2D runs it
+  through :func:`selective_scan_chunked_directions`, which scans the four directions token-major
+  without building their copies (reversed directions are scanned backwards).
 - ``mamba_ssm``: the CUDA kernel of the mamba_ssm package, used automatically when it imports
   and the tensors are on CUDA.
 
@@ -18,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from .chunked import selective_scan_chunked
+from .chunked import selective_scan_chunked, selective_scan_chunked_directions
 from .contract import check_scan_shapes
 from .mamba_ssm_backend import mamba_ssm_available, selective_scan_mamba_ssm
 from .reference import selective_scan_reference
@@ -78,4 +80,5 @@ def selective_scan(
 
 
 __all__ = ["BACKENDS", "ENV_VARIABLE", "check_scan_shapes", "mamba_ssm_available", "resolve_backend",
-           "selective_scan", "selective_scan_chunked", "selective_scan_reference", "validate_backend_name"]
+           "selective_scan", "selective_scan_chunked", "selective_scan_chunked_directions",
+           "selective_scan_reference", "validate_backend_name"]
