@@ -18,6 +18,7 @@ from .masking import composite, prepare_mask
 from .model import MambaST, StyleEncoding, pair_batches
 from .shuffle import new_seed
 from .styles import StyleMix
+from .tiling import stylize_with_fallback
 
 COLOUR_MODES = ("style", "keep content", "match style to content")
 
@@ -37,10 +38,15 @@ class Controls:
     mask: torch.Tensor | None = None  # (1 or B, H, W): where to show the stylization
     feather: float = 0.0
     invert_mask: bool = False
+    tile: int = 0  # stylize in overlapping tiles of this many pixels (0 = whole images)
 
     def __post_init__(self):
         if self.colour not in COLOUR_MODES:
             raise ValueError(f"colour must be one of {', '.join(COLOUR_MODES)}; got {self.colour!r}.")
+        if self.tile and (self.strength != 1.0 or self.style_scale != 1.0 or self.temporal_smoothing
+                          or self.second_style_weight):
+            raise ValueError("tiles work with the plain stylization only: set strength 1, style scale 1, temporal "
+                             "smoothing 0 and no second style, or set the tile size to 0.")
         if self.processing_size < 0:
             raise ValueError(f"processing size must be 0 (keep the input size) or positive; "
                              f"got {self.processing_size}.")
@@ -68,18 +74,23 @@ def stylize_images(model: MambaST, content: torch.Tensor, style: torch.Tensor | 
     for index in range(content.shape[0]):
         original = content[index:index + 1]
         working = resize_shorter_side(original, controls.processing_size)
-        encoding = model.encode_content(working)
-        one_style = None
-        if needs_style:
-            if styles is None:
-                styles = encode_styles(model, style, second_style, controls, encoding.padded_size)
-            tokens = model.style_on_grid(styles, encoding)
-            one_style = StyleEncoding(tokens[index if tokens.shape[0] > 1 else 0].unsqueeze(0), encoding.grid)
-        features = fuse_with_strength(model, encoding, working, one_style, controls.strength, controls.seed,
-                                      controls.shuffle)
-        features = smooth_over_time(features, controls.temporal_smoothing, previous)
-        previous = features
-        image = resize(model.decode(features, encoding.image_size), tuple(original.shape[-2:]))
+        if controls.tile:
+            image = stylize_with_fallback(model, working, style[index if style.shape[0] > 1 else 0].unsqueeze(0),
+                                          tile=controls.tile, seed=controls.seed, shuffle=controls.shuffle)
+        else:
+            encoding = model.encode_content(working)
+            one_style = None
+            if needs_style:
+                if styles is None:
+                    styles = encode_styles(model, style, second_style, controls, encoding.padded_size)
+                tokens = model.style_on_grid(styles, encoding)
+                one_style = StyleEncoding(tokens[index if tokens.shape[0] > 1 else 0].unsqueeze(0), encoding.grid)
+            features = fuse_with_strength(model, encoding, working, one_style, controls.strength, controls.seed,
+                                          controls.shuffle)
+            features = smooth_over_time(features, controls.temporal_smoothing, previous)
+            previous = features
+            image = model.decode(features, encoding.image_size)
+        image = resize(image, tuple(original.shape[-2:]))
         outputs.append(finish(original, image.to(original.device), controls, index))
         if image_done is not None:
             image_done(index)

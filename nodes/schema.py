@@ -200,7 +200,12 @@ class MambaSTStylize(io.ComfyNode):
                                    tooltip="A second style to mix with the first (see style_2_weight)."),
                     io.Float.Input("style_2_weight", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
                                    tooltip="Share of the second style in the mix: 0 only the first style, 1 only "
-                                           "the second.")],
+                                           "the second."),
+                    io.Int.Input("tile_size", default=0, min=0, max=8192, step=8, optional=True,
+                                 tooltip="For very large images or little memory: stylize in overlapping tiles "
+                                         "of this many pixels, blended without seams (halved automatically on "
+                                         "out-of-memory). 0 works on the whole image. Works with strength 1, "
+                                         "style scale 1, no second style, no temporal smoothing.")],
             outputs=[io.Image.Output(display_name="image")],
         )
 
@@ -212,10 +217,11 @@ class MambaSTStylize(io.ComfyNode):
     def execute(cls, model, content, seed: int, shuffle: bool, processing_size: int, strength: float = 1.0,
                 style_scale: float = 1.0, colour: str = "style", temporal_smoothing: float = 0.0, style=None,
                 mask=None, feather: int = 0, invert_mask: bool = False, style_2=None,
-                style_2_weight: float = 0.5) -> io.NodeOutput:
+                style_2_weight: float = 0.5, tile_size: int = 0) -> io.NodeOutput:
         return io.NodeOutput(stages.stylize(
             model, content, style, seed, shuffle, processing_size, strength, style_scale, colour,
-            temporal_smoothing, mask, feather, invert_mask, style_2, style_2_weight if style_2 is not None else 0.0))
+            temporal_smoothing, mask, feather, invert_mask, style_2, style_2_weight if style_2 is not None else 0.0,
+            tile_size))
 
 
 class MambaSTStyleBlend(io.ComfyNode):

@@ -197,23 +197,28 @@ def stylize(loaded: LoadedModel, content_image: torch.Tensor, style_image: torch
             shuffle: bool = True, processing_size: int = 0, strength: float = 1.0, style_scale: float = 1.0,
             colour: str = "style", temporal_smoothing: float = 0.0, mask: torch.Tensor | None = None,
             feather: float = 0.0, invert_mask: bool = False, second_style: torch.Tensor | None = None,
-            second_style_weight: float = 0.0) -> torch.Tensor:
+            second_style_weight: float = 0.0, tile_size: int = 0) -> torch.Tensor:
     """MambaSTStylize: all stages and controls in one; the same arithmetic as the staged nodes.
 
     ``processing_size`` > 0 resizes the content's shorter side to that many pixels for the
-    model, and the result back to the content's size.
+    model, and the result back to the content's size. ``tile_size`` > 0 works in overlapping
+    tiles (memory bounded by the tile; halved on out-of-memory).
     """
     _check_choice(colour, COLOUR_MODES, "colour")
+    if tile_size and (tile_size < 16 or tile_size % 8):
+        raise ValueError(f"tile_size must be 0 (off) or a multiple of 8 of at least 16; got {tile_size}.")
     content_rgb, alpha = split_image(content_image, "content image")
     style_rgb = split_image(style_image, "style image")[0] if style_image is not None else None
     second_rgb = split_image(second_style, "second style image")[0] if second_style is not None else None
     controls = Controls(seed=seed, shuffle=shuffle, strength=strength, style_scale=style_scale, colour=colour,
                         temporal_smoothing=temporal_smoothing, processing_size=processing_size,
                         second_style_weight=second_style_weight, mask=mask, feather=feather,
-                        invert_mask=invert_mask)
+                        invert_mask=invert_mask, tile=tile_size)
     model, storage = loaded.model, host.intermediate_device()
-    working = resize_shorter_side(content_rgb[:1], processing_size)
-    with _running(loaded, content_rgb.shape[0], *working.shape[-2:]) as image_done:
+    height, width = resize_shorter_side(content_rgb[:1], processing_size).shape[-2:]
+    if tile_size:
+        height, width = min(height, tile_size), min(width, tile_size)  # memory is the tile's
+    with _running(loaded, content_rgb.shape[0], height, width) as image_done:
         # Images stay where ComfyUI keeps them; each is moved to the model's device in turn.
         stylized = stylize_images(model, content_rgb, style_rgb, controls, second_rgb, image_done)
     return join_image(stylized.to(storage), alpha)

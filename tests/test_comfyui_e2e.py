@@ -203,7 +203,8 @@ def controls_graphs(seed: int) -> tuple[dict, dict]:
         "5": {"class_type": "MambaSTStylize", "inputs": {
             "model": ["1", 0], "content": ["2", 0], "style": ["3", 0], "seed": seed, "shuffle": True,
             "processing_size": 0, "strength": 0.6, "style_scale": 1.0, "colour": "style", "temporal_smoothing": 0.0,
-            "mask": ["2", 1], "feather": 4, "invert_mask": False, "style_2": ["4", 0], "style_2_weight": 0.4}},
+            "mask": ["2", 1], "feather": 4, "invert_mask": False, "style_2": ["4", 0], "style_2_weight": 0.4,
+            "tile_size": 0}},
         "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "controls_one"}},
     })
     staged = dict(common, **{

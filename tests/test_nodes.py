@@ -268,3 +268,17 @@ def test_composite_nodes_check_their_inputs(comfy):
                        image(1, 16, 16), seed=0, colour="sepia")
     out = stages.mask_composite(image(1, 16, 16), image(1, 16, 16, seed=1), torch.zeros(1, 8, 8))
     assert torch.equal(out, image(1, 16, 16))
+
+
+def test_all_in_one_tiles_large_images_and_refuses_controls_tiles_cannot_honour(comfy):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    content, style = image(1, 40, 72), image(1, 32, 32, seed=1)
+    whole = stages.stylize(loaded, content, style, seed=3, processing_size=0, tile_size=80)
+    assert torch.equal(whole, stages.stylize(loaded, content, style, seed=3, processing_size=0))
+    tiled = stages.stylize(loaded, content, style, seed=3, processing_size=0, tile_size=32, colour="keep content")
+    assert tiled.shape == (1, 40, 72, 3) and 0 <= float(tiled.min()) and float(tiled.max()) <= 1
+    with pytest.raises(ValueError, match="tiles work with the plain stylization only"):
+        stages.stylize(loaded, content, style, seed=3, tile_size=32, strength=0.5)
+    with pytest.raises(ValueError, match="tile_size must be 0"):
+        stages.stylize(loaded, content, style, seed=3, tile_size=30)

@@ -93,10 +93,10 @@ STYLIZE_INPUTS = [MODEL, ("content", "IMAGE"), ("style", "IMAGE"), ("mask", "MAS
 def stylize(graph: Graph, pos, seed=42, strength=1.0, style_scale=1.0, colour="style", smoothing=0.0,
             feather=0, invert=False, second_weight=0.5) -> Node:
     # Widgets in input order: seed (+ its control), shuffle, processing_size, strength, style_scale,
-    # colour, temporal_smoothing, then the optional feather, invert_mask, style_2_weight.
+    # colour, temporal_smoothing, then the optional feather, invert_mask, style_2_weight, tile_size.
     return graph.add("MambaSTStylize", pos, inputs=STYLIZE_INPUTS, outputs=[("image", "IMAGE")],
                      widgets=[seed, "fixed", True, 512, strength, style_scale, colour, smoothing, feather, invert,
-                              second_weight], size=(340, 380))
+                              second_weight, 0], size=(340, 400))
 
 
 def encode_style(graph: Graph, pos, scale=1.0) -> Node:
