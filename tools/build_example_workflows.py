@@ -114,16 +114,22 @@ def save(graph: Graph, pos, prefix: str) -> Node:
     return graph.add("SaveImage", pos, inputs=[("images", "IMAGE")], widgets=[prefix], size=(380, 420))
 
 
-def all_in_one() -> Graph:
-    graph = Graph()
+def stylize_from_images(graph: Graph, content_title: str = "Content", **options) -> tuple[Node, Node]:
+    """The loader and the content and style images wired into an all-in-one Stylize node."""
     model = loader(graph, (0, 0))
-    content = load_image(graph, (0, 180), "example.png", "Content")
+    content = load_image(graph, (0, 180), "example.png", content_title)
     style = load_image(graph, (0, 560), "style.png", "Style")
-    node = stylize(graph, (380, 180))
-    out = save(graph, (760, 180), "mambast/stylized")
+    node = stylize(graph, (380, 180), **options)
     graph.connect(model, 0, node, "model")
     graph.connect(content, 0, node, "content")
     graph.connect(style, 0, node, "style")
+    return content, node
+
+
+def all_in_one() -> Graph:
+    graph = Graph()
+    _, node = stylize_from_images(graph)
+    out = save(graph, (760, 180), "mambast/stylized")
     graph.connect(node, 0, out, "images")
     return graph
 
@@ -177,19 +183,13 @@ def video_frames() -> Graph:
 
 def upscale() -> Graph:
     graph = Graph()
-    model = loader(graph, (0, 0))
-    content = load_image(graph, (0, 180), "example.png", "Content")
-    style = load_image(graph, (0, 560), "style.png", "Style")
-    node = stylize(graph, (380, 180))
+    _, node = stylize_from_images(graph)
     upscaler = graph.add("UpscaleModelLoader", (380, 640), outputs=[("UPSCALE_MODEL", "UPSCALE_MODEL")],
                          widgets=["RealESRGAN_x4plus.safetensors"], size=(320, 60))
     upscale_node = graph.add("ImageUpscaleWithModel", (760, 300),
                              inputs=[("upscale_model", "UPSCALE_MODEL"), ("image", "IMAGE")],
                              outputs=[("IMAGE", "IMAGE")], size=(240, 50))
     out = save(graph, (1060, 180), "mambast/upscaled")
-    graph.connect(model, 0, node, "model")
-    graph.connect(content, 0, node, "content")
-    graph.connect(style, 0, node, "style")
     graph.connect(upscaler, 0, upscale_node, "upscale_model")
     graph.connect(node, 0, upscale_node, "image")
     graph.connect(upscale_node, 0, out, "images")
@@ -198,15 +198,10 @@ def upscale() -> Graph:
 
 def masked() -> Graph:
     graph = Graph()
-    model = loader(graph, (0, 0))
-    content = load_image(graph, (0, 180), "example.png", "Content + mask (MaskEditor)")
-    style = load_image(graph, (0, 560), "style.png", "Style")
-    node = stylize(graph, (380, 180), strength=0.8, colour="keep content", feather=24)
+    content, node = stylize_from_images(graph, "Content + mask (MaskEditor)", strength=0.8, colour="keep content",
+                                        feather=24)
     out = save(graph, (760, 180), "mambast/masked")
-    graph.connect(model, 0, node, "model")
-    graph.connect(content, 0, node, "content")
     graph.connect(content, 1, node, "mask")
-    graph.connect(style, 0, node, "style")
     graph.connect(node, 0, out, "images")
     return graph
 
