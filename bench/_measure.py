@@ -8,7 +8,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,3 +56,19 @@ def run_isolated(script: Path, *args: str) -> dict:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def timed_runs(run: Callable[[], object], repeats: int) -> dict:
+    """Call ``run`` ``repeats`` times under inference mode: the seconds of each call, the peak
+    resident memory above what was resident before the first (``peak_mib``) and in all."""
+    import torch
+
+    baseline = resident_mib()
+    reset_peak()
+    seconds = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            seconds.append(time.perf_counter() - started)
+    return {"seconds": seconds, "peak_mib": peak_mib() - baseline, "peak_total_mib": peak_mib()}

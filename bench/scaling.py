@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import median, peak_mib, reset_peak, resident_mib, run_isolated  # noqa: E402
+from _measure import median, run_isolated, timed_runs  # noqa: E402
 
 ASPECTS = {"1": (1, 1), "16:9": (9, 16)}
 
@@ -40,18 +39,14 @@ def measure(height: int, width: int, repeats: int, threads: int, tile: int) -> d
     if tile:
         from mambast.tiling import stylize_tiled
 
-    baseline = resident_mib()
-    reset_peak()
-    seconds = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            started = time.perf_counter()
-            if tile:
-                stylize_tiled(model, content, style, tile=tile, seed=0)
-            else:
-                model.stylize(content, style, seed=0)
-            seconds.append(time.perf_counter() - started)
-    return {"size": [height, width], "seconds": seconds, "peak_mib": peak_mib() - baseline, "tile": tile}
+    def run():
+        if tile:
+            stylize_tiled(model, content, style, tile=tile, seed=0)
+        else:
+            model.stylize(content, style, seed=0)
+
+    timing = timed_runs(run, repeats)
+    return {"size": [height, width], "seconds": timing["seconds"], "peak_mib": timing["peak_mib"], "tile": tile}
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

@@ -14,11 +14,10 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import median, peak_mib, resident_mib, run_isolated  # noqa: E402
+from _measure import median, run_isolated, timed_runs  # noqa: E402
 
 
 def scan_inputs(length: int):
@@ -47,14 +46,7 @@ def measure(backend: str, repeats: int, threads: int, length: int) -> dict:
 
     torch.set_num_threads(threads)
     inputs = scan_inputs(length)
-    baseline = resident_mib()
-    seconds = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            started = time.perf_counter()
-            BACKENDS[backend](**inputs)
-            seconds.append(time.perf_counter() - started)
-    return {"backend": backend, "seconds": seconds, "peak_mib": peak_mib() - baseline}
+    return {"backend": backend, **timed_runs(lambda: BACKENDS[backend](**inputs), repeats)}
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import median, peak_mib, reset_peak, resident_mib, run_isolated  # noqa: E402
+from _measure import median, run_isolated, timed_runs  # noqa: E402
 
 VARIANTS = ("ours", "reference path", "reference forward")
 
@@ -124,20 +124,15 @@ def measure(variant: str, size: tuple[int, int], repeats: int, threads: int) -> 
         decode = model.decode
         model.decode = lambda features, size=None: decode(features.contiguous(), size)
     vgg = vgg_encoder() if variant == "reference forward" else None
-    baseline = resident_mib()
-    reset_peak()
-    seconds = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            started = time.perf_counter()
-            stylized = model.stylize(content, style, seed=0)
-            if vgg is not None:
-                content_identity = model.stylize(content, content, seed=0)
-                style_identity = model.stylize(style, style, seed=0)
-                vgg_losses(vgg, content, style, stylized, content_identity, style_identity)
-            seconds.append(time.perf_counter() - started)
-            del stylized
-    return {"variant": variant, "seconds": seconds, "peak_mib": peak_mib() - baseline, "peak_total_mib": peak_mib()}
+
+    def run():
+        stylized = model.stylize(content, style, seed=0)
+        if vgg is not None:
+            content_identity = model.stylize(content, content, seed=0)
+            style_identity = model.stylize(style, style, seed=0)
+            vgg_losses(vgg, content, style, stylized, content_identity, style_identity)
+
+    return {"variant": variant, **timed_runs(run, repeats)}
 
 
 def breakdown(size: tuple[int, int], repeats: int, threads: int) -> None:
