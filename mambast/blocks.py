@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import MambaSTConfig
 from .progress import tick
-from .scan import resolve_backend, selective_scan
+from .scan import resolve_backend, runnable_backend, selective_scan
 from .scan.chunked import selective_scan_chunked_directions
 
 # Parameters the selective scan reads; they stay float32 whatever the dense layers' dtype.
@@ -98,22 +98,23 @@ class SS2D(nn.Module):
         """x: (B, h, w, d_model) normalised tokens; style: (B, h, w, d_model) for cross blocks."""
         x, gate = self.in_proj(x).chunk(2, dim=-1)
         style_inner = self.in_style_proj(style) if self.cross else None
-        if self._scans_token_major(x, style_inner):
-            y = self._scan_token_major(x, style_inner)
+        backend = self._token_major_backend(x, style_inner)
+        if backend is not None:
+            y = self._scan_token_major(x, style_inner, backend)
         else:
             y = self._scan_stacked(x, style_inner)
         y = self.out_norm(y.to(gate.dtype)) * F.silu(gate)
         return self.out_proj(y)
 
-    def _scans_token_major(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> bool:
-        """Whether the direction-fused chunked scan runs: the chunked backend, and no autograd."""
-        backend = resolve_backend(self.scan_backend, x.device)
-        if backend == "mamba_ssm" and x.device.type != "cuda":
-            backend = "chunked"  # what the dispatcher runs off CUDA
-        if backend != "chunked":
-            return False
-        return not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, style_inner, *self.parameters())))
+    def _token_major_backend(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> str | None:
+        """The backend of the direction-fused scan ("chunked" or "triton"), or None when the scan
+        runs on stacked directions instead (the reference and mamba_ssm backends, and autograd)."""
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, style_inner, *self.parameters()))
+        backend = runnable_backend(resolve_backend(self.scan_backend, x.device), x.device, needs_grad)
+        if needs_grad or backend not in ("chunked", "triton"):
+            return None
+        return backend
 
     def _scan_stacked(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> torch.Tensor:
         """The four directions stacked as (B, K*d_inner, L) for any scan backend; (B, h, w, d_inner) out."""
@@ -162,8 +163,8 @@ class SS2D(nn.Module):
         by_columns = torch.matmul(columns, weight[1::2].flatten(0, 1).t())
         return [by_rows[..., :width], by_columns[..., :width], by_rows[..., width:], by_columns[..., width:]]
 
-    def _scan_token_major(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> torch.Tensor:
-        """The four directions without stacking or flipping copies (chunked scan, inference).
+    def _scan_token_major(self, x: torch.Tensor, style_inner: torch.Tensor | None, backend: str) -> torch.Tensor:
+        """The four directions without stacking or flipping copies (chunked or Triton scan, inference).
 
         Same arithmetic as :meth:`_scan_stacked` up to float rounding; (B, h, w, d_inner) out.
         """
@@ -187,7 +188,11 @@ class SS2D(nn.Module):
         for k, (low, weight) in enumerate(zip(dt_low, self.dt_projs_weight)):
             torch.matmul(low.flip(1) if _DIRECTION_REVERSED[k] else low, weight.t(), out=delta[k])
         delta = delta.transpose(0, 1)  # (B, K, L, d_inner)
-        rows_sum, columns_sum = selective_scan_chunked_directions(
+        if backend == "triton":
+            from .scan.triton_scan import selective_scan_triton_directions as scan_directions
+        else:
+            scan_directions = selective_scan_chunked_directions
+        rows_sum, columns_sum = scan_directions(
             [rows, columns, rows, columns], delta, -torch.exp(self.A_logs.float()), B, C, self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
             reverse=_DIRECTION_REVERSED, combine=(0, 1, 0, 1))

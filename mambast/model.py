@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -188,19 +189,22 @@ class MambaST(nn.Module):
         return [p.to(self.device) for p in style_permutations(seed, tokens, layers)]
 
     def fuse(self, content: ContentEncoding, style: StyleSource, seed: int | None = None,
-             shuffle: bool = True) -> torch.Tensor:
+             shuffle: bool = True, permutations: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
         """The Mamba-ST Decoder: fused features (B, d_model, h, w), the CNN decoder's input.
 
         One style is used for every content image, or styles pair with contents one to one.
         All images of the batch share one permutation per layer, drawn from ``seed`` (None
         draws a fresh one, kept in ``last_seed``); ``shuffle=False`` keeps the style in place.
+        ``permutations`` (one per decoder layer, on the model's device) replaces the draw: a CUDA
+        graph reads them from fixed buffers (:mod:`mambast.cuda_graphs`).
         """
         pair_batches(content.tokens.shape[0], style.batch_size)
         style_tokens = self.style_on_grid(style, content)
         content = ContentEncoding(content.tokens.to(self.device), content.grid, content.image_size, content.patch_size)
         if style_tokens.shape[0] != content.tokens.shape[0]:
             style_tokens = style_tokens.expand(content.tokens.shape[0], -1, -1)
-        permutations = self.permutations(content.tokens.shape[1], seed, shuffle)
+        if permutations is None:
+            permutations = self.permutations(content.tokens.shape[1], seed, shuffle)
         fused = self.mamba.decoder(content.tokens, style_tokens, content.grid, permutations)
         height, width = content.grid
         # A channels-last view of the tokens: no copy, and the layout the CNN decoder runs fastest in.

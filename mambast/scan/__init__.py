@@ -6,6 +6,9 @@ Backends:
   once; the default on CPU and MPS, and on CUDA when mamba_ssm is not installed. SS2D runs it
   through :func:`selective_scan_chunked_directions`, which scans the four directions token-major
   without building their copies (reversed directions are scanned backwards).
+- ``triton``: our own Triton kernel (:mod:`mambast.scan.triton_scan`): the whole scan in one
+  launch, the four SS2D directions by index arithmetic. Used automatically on CUDA (and ROCm)
+  when Triton imports and mamba_ssm does not. Inference only: under autograd ``chunked`` runs.
 - ``mamba_ssm``: the CUDA kernel of the mamba_ssm package, used automatically when it imports
   and the tensors are on CUDA.
 
@@ -24,10 +27,20 @@ from .chunked import selective_scan_chunked, selective_scan_chunked_directions
 from .contract import check_scan_shapes
 from .mamba_ssm_backend import mamba_ssm_available, selective_scan_mamba_ssm
 from .reference import selective_scan_reference
+from .triton_available import triton_available, triton_compiles_for, triton_interpreted
+
+
+
+def _selective_scan_triton(*args, **kwargs) -> torch.Tensor:
+    from .triton_scan import selective_scan_triton  # imports Triton: only when this backend runs
+
+    return selective_scan_triton(*args, **kwargs)
+
 
 BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
     "reference": selective_scan_reference,
     "chunked": selective_scan_chunked,
+    "triton": _selective_scan_triton,
     "mamba_ssm": selective_scan_mamba_ssm,
 }
 ENV_VARIABLE = "MAMBAST_SCAN"
@@ -43,6 +56,9 @@ def validate_backend_name(name: str | None) -> str | None:
     if name == "mamba_ssm" and not mamba_ssm_available():
         raise ValueError("The mamba_ssm scan backend was requested but the mamba_ssm package does not "
                          "import here; install mamba-ssm (CUDA only) or choose 'chunked'.")
+    if name == "triton" and not triton_available():
+        raise ValueError("The triton scan backend was requested but Triton does not import here; install "
+                         "triton (it ships with PyTorch's CUDA and ROCm builds) or choose 'chunked'.")
     return name
 
 
@@ -53,7 +69,19 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
         return name
     if device.type == "cuda" and mamba_ssm_available():
         return "mamba_ssm"
+    if device.type == "cuda" and triton_available() and triton_compiles_for(device):
+        return "triton"
     return "chunked"
+
+
+def runnable_backend(name: str, device: torch.device, needs_grad: bool) -> str:
+    """``name`` if it can run here, else ``chunked``: the GPU kernels need CUDA tensors (Triton's
+    interpreter, ``TRITON_INTERPRET=1``, runs ours on any device) and ours has no backward pass."""
+    if name == "mamba_ssm" and device.type != "cuda":
+        return "chunked"
+    if name == "triton" and (needs_grad or (device.type != "cuda" and not triton_interpreted())):
+        return "chunked"
+    return name
 
 
 def selective_scan(
@@ -73,12 +101,13 @@ def selective_scan(
     uses group d // (D / G); D, delta_bias: (D,). ``delta_softplus`` applies softplus to
     ``delta + delta_bias``. Returns (B, D, L) float32.
     """
-    name = resolve_backend(backend, u.device)
-    if name == "mamba_ssm" and u.device.type != "cuda":
-        name = "chunked"
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
+    name = runnable_backend(resolve_backend(backend, u.device), u.device, needs_grad)
     return BACKENDS[name](u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
-__all__ = ["BACKENDS", "ENV_VARIABLE", "check_scan_shapes", "mamba_ssm_available", "resolve_backend",
-           "selective_scan", "selective_scan_chunked", "selective_scan_chunked_directions",
-           "selective_scan_reference", "validate_backend_name"]
+__all__ = ["BACKENDS", "ENV_VARIABLE", "check_scan_shapes", "mamba_ssm_available",
+           "resolve_backend", "runnable_backend", "selective_scan", "selective_scan_chunked",
+           "selective_scan_chunked_directions", "selective_scan_reference", "triton_available",
+           "validate_backend_name"]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..progress import tick
-from .contract import check_scan_shapes
+from .contract import check_direction_shapes, check_scan_shapes
 
 DEFAULT_CHUNK = 24  # measured fastest of 8..64 on a 2-core CPU (bench/scan.py)
 _LOG2_E = 1.0 / math.log(2.0)
@@ -164,20 +164,9 @@ def selective_scan_chunked_directions(
     (float addition is commutative, so a sum of two is exactly the reference's). Inference only:
     the state is updated in place (no autograd).
     """
-    directions = len(u)
-    reverse = list(reverse) if reverse is not None else [False] * directions
-    combine = list(combine) if combine is not None else list(range(directions))
+    reverse, combine = check_direction_shapes(u, delta, A, B, C, reverse, combine)
     batch, length, channels = u[0].shape
-    state_size = A.shape[1]
-    for name, tensors, width in (("u", u, channels), ("B", B, state_size), ("C", C, state_size)):
-        if len(tensors) != directions or any(t.shape != (batch, length, width) for t in tensors):
-            raise ValueError(f"selective scan (directions): {name} must be {directions} tensors of "
-                             f"{(batch, length, width)}; got {[tuple(t.shape) for t in tensors]}")
-    if delta.shape != (batch, directions, length, channels) or A.shape != (directions * channels, state_size) \
-            or len(reverse) != directions or len(combine) != directions:
-        raise ValueError(f"selective scan (directions): delta must be {(batch, directions, length, channels)}, "
-                         f"A {(directions * channels, state_size)}, reverse and combine {directions} long; got "
-                         f"{tuple(delta.shape)}, {tuple(A.shape)}, {len(reverse)}, {len(combine)}")
+    directions, state_size = len(u), A.shape[1]
 
     def per_direction(vector: torch.Tensor) -> torch.Tensor:
         """(K*Dk,) -> (1, K, 1, Dk), broadcasting over batch and the chunk's tokens."""

@@ -35,3 +35,24 @@ def prepare_scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus):
     if delta_softplus:
         delta = F.softplus(delta)
     return u, delta, A, B, C
+
+
+def check_direction_shapes(u, delta, A, B, C, reverse=None, combine=None) -> tuple[list[bool], list[int]]:
+    """Check the operands of a direction-fused scan (see
+    :func:`mambast.scan.chunked.selective_scan_chunked_directions`); raise a ValueError naming the
+    misshapen one. Returns ``reverse`` and ``combine`` as lists, defaults filled in."""
+    directions = len(u)
+    reverse = list(reverse) if reverse is not None else [False] * directions
+    combine = list(combine) if combine is not None else list(range(directions))
+    batch, length, channels = u[0].shape
+    state_size = A.shape[1]
+    for name, tensors, width in (("u", u, channels), ("B", B, state_size), ("C", C, state_size)):
+        if len(tensors) != directions or any(t.shape != (batch, length, width) for t in tensors):
+            raise ValueError(f"selective scan (directions): {name} must be {directions} tensors of "
+                             f"{(batch, length, width)}; got {[tuple(t.shape) for t in tensors]}")
+    if delta.shape != (batch, directions, length, channels) or A.shape != (directions * channels, state_size) \
+            or len(reverse) != directions or len(combine) != directions:
+        raise ValueError(f"selective scan (directions): delta must be {(batch, directions, length, channels)}, "
+                         f"A {(directions * channels, state_size)}, reverse and combine {directions} long; got "
+                         f"{tuple(delta.shape)}, {tuple(A.shape)}, {len(reverse)}, {len(combine)}")
+    return reverse, combine

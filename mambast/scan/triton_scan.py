@@ -1,0 +1,225 @@
+"""Selective scan as one Triton kernel, for CUDA and ROCm GPUs.
+
+A token-by-token loop on a GPU is one launch per token; this kernel does a whole scan in one.
+Each program owns ``BLOCK_D`` channels of one direction of one image and walks the sequence in
+chunks of ``BLOCK_L`` tokens. A chunk's transitions ``exp(delta * A)`` and inputs
+``delta * u * B`` live only in registers, as (BLOCK_L, BLOCK_D, N) tiles; a parallel prefix scan
+composes them, the state carried in from the previous chunk is applied, C reads the states out
+and only y is written. Nothing of size N ever reaches memory.
+
+Directions are addressed by index arithmetic: direction k reads sequence ``source[k]`` of u and
+walks it backwards when ``reverse[k]`` is set, so neither flipped nor stacked copies of the
+sequences exist. The same kernel serves the contract layout of :func:`mambast.scan.selective_scan`
+(one group per "direction", nothing reversed).
+
+Measured on an H200 while choosing this design (bench/gpu.py, 512 px block): issuing the next
+chunk's loads before computing the current one took 655 us to 438 us at the same tiles; tiles
+with the channels across threads and the states in registers, and the states split over several
+programs (each writing a partial y), were 1.6x to 8x slower than states across threads.
+
+The arithmetic is the reference's update ``h = exp(delta * A) * h + delta * u * B`` in float32;
+the prefix scan only changes the order of the products (rounding-level differences).
+Inference only: there is no backward pass. Triton is imported lazily by the dispatcher, so the
+package works without it; ``TRITON_INTERPRET=1`` runs this kernel on a CPU (slowly), which is
+how the tests check it without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from .contract import check_direction_shapes, check_scan_shapes
+
+_LOG2_E = 1.0 / math.log(2.0)
+# The fastest tile shape of those bench/gpu.py sweeps, on an H200: 376 us for the four directions
+# of a 512 px block (4096 tokens x 1024 channels x 16 states), 289x the chunked scan's launches.
+BLOCK_L = 16
+BLOCK_D = 16
+NUM_WARPS = 4
+
+
+@triton.jit
+def _compose(a_first, x_first, a_then, x_then):
+    """Two steps h -> a*h + x applied one after the other, as one step."""
+    return a_first * a_then, a_then * x_first + x_then
+
+
+@triton.jit
+def _load_chunk(start, rows, length, backwards, d, d_ok, n, n_ok, delta_base, sd_l, sd_d, u_base, su_l, su_d,
+                b_base, sb_l, sb_n, c_base, sc_l, sc_n):
+    """One chunk's raw delta and u (BLOCK_L, BLOCK_D) and B and C (BLOCK_L, STATE), as float32;
+    zeros past the end of the sequence."""
+    step = start + rows  # position in scan order
+    step_ok = step < length
+    token = tl.where(backwards, length - 1 - step, step)  # position in the sequence
+    tile_ok = step_ok[:, None] & d_ok[None, :]
+    dt = tl.load(delta_base + step[:, None] * sd_l + d[None, :] * sd_d, mask=tile_ok, other=0.0).to(tl.float32)
+    u = tl.load(u_base + token[:, None] * su_l + d[None, :] * su_d, mask=tile_ok, other=0.0).to(tl.float32)
+    state_ok = step_ok[:, None] & n_ok[None, :]
+    B = tl.load(b_base + token[:, None] * sb_l + n[None, :] * sb_n, mask=state_ok, other=0.0).to(tl.float32)
+    C = tl.load(c_base + token[:, None] * sc_l + n[None, :] * sc_n, mask=state_ok, other=0.0).to(tl.float32)
+    return dt, u, B, C
+
+
+@triton.jit
+def _scan_kernel(
+    u_ptr, delta_ptr, rate_ptr, bias_ptr, skip_ptr, b_ptr, c_ptr, y_ptr, source_ptr, reverse_ptr,
+    length, channels, directions, state_size,
+    su_b, su_s, su_l, su_d,
+    sd_b, sd_k, sd_l, sd_d,
+    sb_b, sb_k, sb_l, sb_n,
+    sc_b, sc_k, sc_l, sc_n,
+    HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, SOFTPLUS: tl.constexpr,
+    STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    block = tl.program_id(0)
+    k = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    source = tl.load(source_ptr + k)
+    backwards = tl.load(reverse_ptr + k) != 0
+
+    d = block * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = d < channels
+    n = tl.arange(0, STATE)
+    n_ok = n < state_size
+    # A * log2(e), so that exp(delta * A) = exp2(delta * rate); padding gives exp2(0) = 1.
+    rate = tl.load(rate_ptr + (k * channels + d)[:, None] * state_size + n[None, :],
+                   mask=d_ok[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_D, STATE)
+    bias = tl.load(bias_ptr + k * channels + d, mask=d_ok & HAS_BIAS, other=0.0)
+    skip = tl.load(skip_ptr + k * channels + d, mask=d_ok & HAS_SKIP, other=0.0)
+
+    u_base = u_ptr + b * su_b + source * su_s
+    delta_base = delta_ptr + b * sd_b + k * sd_k
+    b_base = b_ptr + b * sb_b + k * sb_k
+    c_base = c_ptr + b * sc_b + k * sc_k
+    y_base = y_ptr + (b * directions + k) * length * channels
+
+    rows = tl.arange(0, BLOCK_L)
+    state = tl.zeros((BLOCK_D, STATE), dtype=tl.float32)
+    dt_next, u_next, B_next, C_next = _load_chunk(0, rows, length, backwards, d, d_ok, n, n_ok,
+                                                  delta_base, sd_l, sd_d, u_base, su_l, su_d,
+                                                  b_base, sb_l, sb_n, c_base, sc_l, sc_n)
+    for start in range(0, length, BLOCK_L):
+        # The next chunk's loads are issued before this one is computed, so they are in flight
+        # meanwhile (past the end they are masked out).
+        dt, u, B, C = dt_next, u_next, B_next, C_next
+        dt_next, u_next, B_next, C_next = _load_chunk(start + BLOCK_L, rows, length, backwards, d, d_ok, n, n_ok,
+                                                      delta_base, sd_l, sd_d, u_base, su_l, su_d,
+                                                      b_base, sb_l, sb_n, c_base, sc_l, sc_n)
+        step = start + rows
+        step_ok = step < length
+        token = tl.where(backwards, length - 1 - step, step)
+        dt = dt + bias[None, :]
+        if SOFTPLUS:  # torch's softplus: identity above 20
+            dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
+        transition = tl.exp2(dt[:, :, None] * rate[None, :, :])  # (BLOCK_L, BLOCK_D, STATE)
+        transition = tl.where(step_ok[:, None, None], transition, 1.0)  # tokens past the end keep the state
+        drive = (dt * u)[:, :, None] * B[:, None, :]  # zero past the end (u is)
+        to_here, driven = tl.associative_scan((transition, drive), 0, _compose)
+        states = to_here * state[None, :, :] + driven
+        y = tl.sum(states * C[:, None, :], axis=2) + skip[None, :] * u
+        tl.store(y_base + token[:, None] * channels + d[None, :], y, mask=step_ok[:, None] & d_ok[None, :])
+        state = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None, None], states, 0.0), axis=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _small_index(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A tiny int32 tensor on ``device``, made once: no host-to-device copy per scan (which would
+    also stop the scan from being captured in a CUDA graph)."""
+    return torch.tensor(values, dtype=torch.int32, device=device)
+
+
+def scan_triton(u: torch.Tensor, source: Sequence[int], delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool,
+                reverse: Sequence[bool], block_l: int | None = None, block_d: int | None = None,
+                num_warps: int | None = None) -> torch.Tensor:
+    """The kernel on token-major operands, K directions: y (batch, K, L, Dk) float32 in token order.
+
+    u: (batch, S, L, Dk), direction k reads u[:, source[k]]; delta: (batch, K, L, Dk) in scan order;
+    A: (K*Dk, N); B, C: (batch, K, L, N) in token order; D, delta_bias: (K*Dk,). Any strides.
+    block_l, block_d, num_warps (powers of two) override the shipped tile shape, for tuning and tests.
+    """
+    batch, _, length, channels = u.shape
+    directions, state_size = delta.shape[1], A.shape[1]
+    block_l, block_d = block_l or BLOCK_L, block_d or BLOCK_D
+    device = u.device
+    rate = (A.float() * _LOG2_E).contiguous()
+    y = torch.empty((batch, directions, length, channels), dtype=torch.float32, device=device)
+    source_t = _small_index(tuple(source), device)
+    reverse_t = _small_index(tuple(int(r) for r in reverse), device)
+    bias = delta_bias.float().contiguous() if delta_bias is not None else rate
+    skip = D.float().contiguous() if D is not None else rate
+    grid = (triton.cdiv(channels, block_d), directions, batch)
+    _scan_kernel[grid](
+        u, delta, rate, bias, skip, B, C, y, source_t, reverse_t,
+        length, channels, directions, state_size,
+        *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
+        HAS_BIAS=delta_bias is not None, HAS_SKIP=D is not None, SOFTPLUS=bool(delta_softplus),
+        STATE=triton.next_power_of_2(state_size), BLOCK_L=block_l, BLOCK_D=block_d,
+        num_warps=num_warps or NUM_WARPS,
+    )
+    return y
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    **tuning,
+) -> torch.Tensor:
+    """The contract of :func:`mambast.scan.selective_scan` on the kernel: (B, D, L) float32 out.
+
+    ``tuning``: the keyword overrides of :func:`scan_triton` (tile shape and layout)."""
+    check_scan_shapes(u, delta, A, B, C)
+    batch, channels, length = u.shape
+    groups = B.shape[1]
+    per_group = channels // groups
+    # Channels contiguous, as the kernel reads them in blocks.
+    u_tokens = u.reshape(batch, groups, per_group, length).transpose(2, 3).contiguous()
+    delta_tokens = delta.reshape(batch, groups, per_group, length).transpose(2, 3).contiguous()
+    y = scan_triton(u_tokens, range(groups), delta_tokens, A, B.transpose(2, 3), C.transpose(2, 3), D,
+                    delta_bias, delta_softplus, [False] * groups, **tuning)
+    return y.transpose(2, 3).reshape(batch, channels, length)
+
+
+def selective_scan_triton_directions(
+    u: Sequence[torch.Tensor],
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: Sequence[torch.Tensor],
+    C: Sequence[torch.Tensor],
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    reverse: Sequence[bool] | None = None,
+    combine: Sequence[int] | None = None,
+    **tuning,
+) -> list[torch.Tensor]:
+    """:func:`mambast.scan.chunked.selective_scan_chunked_directions` on the kernel (same arguments)."""
+    reverse, combine = check_direction_shapes(u, delta, A, B, C, reverse, combine)
+    sequences: list[torch.Tensor] = []
+    source = []
+    for tensor in u:  # the same tensor given for several directions is passed once
+        index = next((i for i, seen in enumerate(sequences) if seen is tensor), None)
+        if index is None:
+            index = len(sequences)
+            sequences.append(tensor)
+        source.append(index)
+    u_stacked = torch.stack(sequences, dim=1)
+    y = scan_triton(u_stacked, source, delta, A, torch.stack(list(B), dim=1), torch.stack(list(C), dim=1), D,
+                    delta_bias, delta_softplus, reverse, **tuning)
+    outputs: list[torch.Tensor | None] = [None] * (max(combine) + 1)
+    for k, index in enumerate(combine):
+        outputs[index] = y[:, k] if outputs[index] is None else outputs[index] + y[:, k]
+    return [output if output is not None else torch.zeros_like(y[:, 0]) for output in outputs]
