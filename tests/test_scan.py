@@ -207,3 +207,19 @@ def test_token_major_blocks_equal_the_stacked_directions(small_model, monkeypatc
         stacked = small_model.stylize(content, style, seed=2)
     assert len(taken) == 6
     assert (fused - stacked).abs().max() <= 1e-4 * stacked.abs().max()
+
+
+def test_low_rank_delta_projected_in_the_scan_equals_the_full_delta():
+    fused, _ = direction_inputs(length=30, bias=-1.0)
+    g = torch.Generator().manual_seed(5)
+    rank = 3
+    low = torch.randn(2, 4, 30, rank, generator=g)
+    weight = torch.randn(4, 16, rank, generator=g)
+    full = dict(fused, delta=torch.einsum("bklr,kdr->bkld", low, weight))
+    expected = scan.selective_scan_chunked_directions(**full, combine=(0, 1, 0, 1), chunk=8)
+    got = scan.selective_scan_chunked_directions(**dict(fused, delta=low), delta_projection=weight,
+                                                 combine=(0, 1, 0, 1), chunk=8)
+    for g_, e in zip(got, expected):
+        assert relative_error(g_, e) <= 1e-5
+    with pytest.raises(ValueError, match="delta_projection must be"):
+        scan.selective_scan_chunked_directions(**dict(fused, delta=low), delta_projection=weight[:, :8])

@@ -147,6 +147,7 @@ def selective_scan_chunked_directions(
     reverse: Sequence[bool] | None = None,
     combine: Sequence[int] | None = None,
     chunk: int = DEFAULT_CHUNK,
+    delta_projection: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """K scan directions at once, token-major, the reversed ones scanned from the last token.
 
@@ -163,8 +164,13 @@ def selective_scan_chunked_directions(
     ``combine`` (K output indices), directions with the same index are summed into one output
     (float addition is commutative, so a sum of two is exactly the reference's). Inference only:
     the state is updated in place (no autograd).
+
+    ``delta_projection`` (K, Dk, R): delta is then given low-rank, (batch, K, L, R) in scan order,
+    and projected chunk by chunk (``delta[:, k] @ delta_projection[k].T``, the bias added in the
+    same product), so the full (batch, K, L, Dk) delta is never built: a quarter of a VSS block's
+    largest temporary at 512 px, and one memory pass less.
     """
-    reverse, combine = check_direction_shapes(u, delta, A, B, C, reverse, combine)
+    reverse, combine = check_direction_shapes(u, delta, A, B, C, reverse, combine, delta_projection)
     batch, length, channels = u[0].shape
     directions, state_size = len(u), A.shape[1]
 
@@ -175,7 +181,8 @@ def selective_scan_chunked_directions(
     # State-major buffers (batch, K, T, N, Dk): the channels are the contiguous, vectorised axis of
     # every operation, and the readout over N is one batched row-vector-times-matrix product
     # (six times faster here than a multiply and a sum over a trailing N axis).
-    rate = (A.float().reshape(directions, channels, state_size).transpose(1, 2) * _LOG2_E)[None, :, None]
+    # Contiguous: a transposed view here makes every transition multiply read A with a stride.
+    rate = (A.float().reshape(directions, channels, state_size).transpose(1, 2) * _LOG2_E).contiguous()[None, :, None]
     bias = per_direction(delta_bias) if delta_bias is not None else None
     skip = per_direction(D) if D is not None else None
     # B and C are small (no channel dimension): put them in scan order once.
@@ -183,15 +190,37 @@ def selective_scan_chunked_directions(
     C_scan = torch.stack([c.float().flip(1) if r else c.float() for c, r in zip(C, reverse)], dim=1)
     B_scan, C_scan = B_scan.unsqueeze(-1), C_scan.unsqueeze(-2)  # (batch, K, L, N, 1), (batch, K, L, 1, N)
 
+    project = None
+    if delta_projection is not None:
+        project = _LowRankDelta(delta.float(), delta_projection.float(), bias)
+        bias = None  # added by the projection
     outputs = [u[0].new_zeros((batch, length, channels), dtype=torch.float32) for _ in range(max(combine) + 1)]
     return _scan_chunks(u, delta, rate, bias, skip, B_scan, C_scan, delta_softplus, reverse, combine, chunk,
-                        outputs)
+                        outputs, project)
 
 
-def _scan_chunks(u, delta, rate, bias, skip, B_scan, C_scan, delta_softplus, reverse, combine, chunk, outputs):
+class _LowRankDelta:
+    """delta of a chunk from its low-rank input: one batched ``bias + low @ W.T`` product."""
+
+    def __init__(self, low: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        batch, directions, _, rank = low.shape
+        channels = weight.shape[1]
+        self.low = low.reshape(batch * directions, -1, rank)
+        self.weight = weight.transpose(1, 2).expand(batch, -1, -1, -1).reshape(batch * directions, rank, channels)
+        bias = bias if bias is not None else low.new_zeros(1, directions, 1, channels)
+        self.bias = bias.expand(batch, -1, -1, -1).reshape(batch * directions, 1, channels)
+        self.shape = (batch, directions)
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        raw = torch.baddbmm(self.bias, self.low[:, start:stop], self.weight)
+        return raw.view(*self.shape, stop - start, -1)
+
+
+def _scan_chunks(u, delta, rate, bias, skip, B_scan, C_scan, delta_softplus, reverse, combine, chunk, outputs,
+                 project):
     """The chunk loop of :func:`selective_scan_chunked_directions`, writing into ``outputs``."""
-    batch, directions, length, channels = delta.shape
-    state_size = rate.shape[-2]
+    batch, length, channels = u[0].shape
+    directions, state_size = len(u), rate.shape[-2]
     transition_buffer = u[0].new_empty((batch, directions, chunk, state_size, channels), dtype=torch.float32)
     drive_buffer = torch.empty_like(transition_buffer)
     state = u[0].new_zeros((batch, directions, state_size, channels), dtype=torch.float32)
@@ -201,7 +230,7 @@ def _scan_chunks(u, delta, rate, bias, skip, B_scan, C_scan, delta_softplus, rev
         # Tokens start..stop-1 of each direction in scan order.
         inputs = torch.stack([s[:, length - stop: length - start].flip(1) if r else s[:, start:stop]
                               for s, r in zip(u, reverse)], dim=1).float()  # (batch, K, T, Dk)
-        steps = _steps(delta[:, :, start:stop], bias, delta_softplus)
+        steps = _steps(project(start, stop) if project is not None else delta[:, :, start:stop], bias, delta_softplus)
         transition, drive = _discretise(steps.unsqueeze(-2), inputs.unsqueeze(-2), rate, B_scan[:, :, start:stop],
                                         (transition_buffer[:, :, : stop - start], drive_buffer[:, :, : stop - start]))
         states, state = _advance(transition, drive, state, inplace=True)

@@ -37,7 +37,8 @@ def prepare_scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus):
     return u, delta, A, B, C
 
 
-def check_direction_shapes(u, delta, A, B, C, reverse=None, combine=None) -> tuple[list[bool], list[int]]:
+def check_direction_shapes(u, delta, A, B, C, reverse=None, combine=None,
+                           delta_projection=None) -> tuple[list[bool], list[int]]:
     """Check the operands of a direction-fused scan (see
     :func:`mambast.scan.chunked.selective_scan_chunked_directions`); raise a ValueError naming the
     misshapen one. Returns ``reverse`` and ``combine`` as lists, defaults filled in."""
@@ -50,9 +51,15 @@ def check_direction_shapes(u, delta, A, B, C, reverse=None, combine=None) -> tup
         if len(tensors) != directions or any(t.shape != (batch, length, width) for t in tensors):
             raise ValueError(f"selective scan (directions): {name} must be {directions} tensors of "
                              f"{(batch, length, width)}; got {[tuple(t.shape) for t in tensors]}")
-    if delta.shape != (batch, directions, length, channels) or A.shape != (directions * channels, state_size) \
+    delta_width = channels
+    if delta_projection is not None:
+        delta_width = delta_projection.shape[-1]
+        if delta_projection.shape != (directions, channels, delta_width):
+            raise ValueError(f"selective scan (directions): delta_projection must be (K={directions}, "
+                             f"Dk={channels}, R); got {tuple(delta_projection.shape)}")
+    if delta.shape != (batch, directions, length, delta_width) or A.shape != (directions * channels, state_size) \
             or len(reverse) != directions or len(combine) != directions:
-        raise ValueError(f"selective scan (directions): delta must be {(batch, directions, length, channels)}, "
+        raise ValueError(f"selective scan (directions): delta must be {(batch, directions, length, delta_width)}, "
                          f"A {(directions * channels, state_size)}, reverse and combine {directions} long; got "
                          f"{tuple(delta.shape)}, {tuple(A.shape)}, {len(reverse)}, {len(combine)}")
     return reverse, combine
