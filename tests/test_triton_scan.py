@@ -126,8 +126,8 @@ def test_model_with_the_triton_scan_equals_the_chunked_scan(small_tensors):
 
     tensors = small_tensors if ON_GPU else random_official_tensors(MambaSTConfig(**TINY), seed=3)
     generator = torch.Generator().manual_seed(0)
-    # 5 x 6 tokens: two chunks of the kernel's 16 tokens.
-    content, style = torch.rand(1, 3, 40, 48, generator=generator), torch.rand(1, 3, 24, 24, generator=generator)
+    # 7 x 6 tokens: two chunks of the kernel's 32 tokens.
+    content, style = torch.rand(1, 3, 56, 48, generator=generator), torch.rand(1, 3, 24, 24, generator=generator)
     # Both on the same device, so that only the scan differs (a GPU convolves in TF32).
     chunked = mambast.build(mambast.Checkpoint(tensors), device=DEVICE, scan="chunked")
     kernel = mambast.build(mambast.Checkpoint(tensors), device=DEVICE, scan="triton")
