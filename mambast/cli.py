@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("--tile", type=int, default=0,
                          help="stylize in overlapping tiles of this many pixels (multiple of 8; 0 = off), "
                               "for large images or little memory; halved automatically on out-of-memory")
-    stylize.add_argument("--scan", choices=["auto", "chunked", "reference", "mamba_ssm"], default="auto",
+    stylize.add_argument("--scan", choices=["auto", "chunked", "triton", "reference", "mamba_ssm"], default="auto",
                          help="selective-scan backend")
     stylize.set_defaults(run=run_stylize)
 

@@ -4,9 +4,10 @@ At 512 px one stylization is about a thousand small kernel launches. On a fast G
 issuing them takes longer than the GPU running them, so a plain call waits on Python. A CUDA
 graph records the launches once per input shape and replays them with one call.
 
-What stays fixed in a graph: the shapes, dtypes and device of the inputs and the model's
-weights (a graph reads the weights in place: load new weights, make a new runner). What does
-not: the pixels, and the seed. The style permutations are drawn on the CPU as usual (same
+What stays fixed in a graph: the shapes, dtypes and device of the inputs, and where the model's
+weights live (a graph reads them in place). The runner checks the weights' addresses on every
+call and captures anew when the model was moved or reloaded. What does not: the pixels, and the
+seed. The style permutations are drawn on the CPU as usual (same
 draw as :meth:`MambaST.stylize`) and copied into the graph's own buffers before each replay, so
 any seed gives the image the plain call gives. Each captured shape keeps its activations in
 its own memory pool; ``max_graphs`` bounds how many are kept.
@@ -45,6 +46,7 @@ class GraphedStylize:
         self.max_graphs = max_graphs
         self.warmup = warmup
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._weights: tuple[int, ...] = ()
 
     def __call__(self, content: torch.Tensor, style: torch.Tensor, seed: int | None = None,
                  shuffle: bool = True) -> torch.Tensor:
@@ -56,6 +58,10 @@ class GraphedStylize:
 
     def _replay(self, content: torch.Tensor, style: torch.Tensor, seed: int | None, shuffle: bool) -> torch.Tensor:
         model = self.model
+        weights = tuple(parameter.data_ptr() for parameter in model.parameters())
+        if weights != self._weights:  # moved or reloaded: every graph would read stale memory
+            self._graphs.clear()
+            self._weights = weights
         content, style = content.to(model.device), style.to(model.device)
         key = (tuple(content.shape), tuple(style.shape), content.dtype, style.dtype, shuffle)
         captured = self._graphs.get(key)

@@ -76,8 +76,9 @@ class MambaSTLoader(io.ComfyNode):
                                tooltip="Precision of the dense layers; the selective scan always runs in float32. "
                                        "auto: half precision where the device profits from it."),
                 io.Combo.Input("scan", options=list(stages.SCAN_CHOICES), default="auto",
-                               tooltip="Selective-scan backend. auto: the mamba_ssm CUDA kernel when installed "
-                                       "and on a CUDA GPU, else the built-in chunked scan. reference is slow."),
+                               tooltip="Selective-scan backend. auto: on a GPU the mamba_ssm kernel when installed, "
+                                       "else our Triton kernel; elsewhere the built-in chunked scan. "
+                                       "reference is slow."),
             ],
             outputs=[MambaSTModel.Output(display_name="model")],
         )

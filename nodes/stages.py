@@ -26,7 +26,7 @@ from . import comfy as host
 from .layout import join_image, pick, split_image
 
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
-SCAN_CHOICES = ("auto", "chunked", "reference", "mamba_ssm")
+SCAN_CHOICES = ("auto", "chunked", "triton", "reference", "mamba_ssm")
 
 
 @dataclasses.dataclass

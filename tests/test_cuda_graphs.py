@@ -49,3 +49,8 @@ def test_replays_equal_plain_calls_for_new_pixels_seeds_and_shapes(small_tensors
             assert model.last_seed == seed
             assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
     assert len(runner._graphs) == 1
+    model.to(torch.float16).to(torch.float32)  # new weight tensors: the old graph must not replay
+    content, style = (t.cuda() for t in images(40, 48, 1))
+    with torch.inference_mode():
+        expected = model.stylize(content, style, seed=1)
+    assert (runner(content, style, seed=1) - expected).abs().max() <= 1e-5 * expected.abs().max()
