@@ -190,13 +190,15 @@ def selective_scan_chunked_directions(
     C_scan = torch.stack([c.float().flip(1) if r else c.float() for c, r in zip(C, reverse)], dim=1)
     B_scan, C_scan = B_scan.unsqueeze(-1), C_scan.unsqueeze(-2)  # (batch, K, L, N, 1), (batch, K, L, 1, N)
 
-    project = None
     if delta_projection is not None:
-        project = _LowRankDelta(delta.float(), delta_projection.float(), bias)
+        delta_of = _LowRankDelta(delta.float(), delta_projection.float(), bias)
         bias = None  # added by the projection
+    else:
+        def delta_of(start: int, stop: int) -> torch.Tensor:
+            return delta[:, :, start:stop]
     outputs = [u[0].new_zeros((batch, length, channels), dtype=torch.float32) for _ in range(max(combine) + 1)]
-    return _scan_chunks(u, delta, rate, bias, skip, B_scan, C_scan, delta_softplus, reverse, combine, chunk,
-                        outputs, project)
+    return _scan_chunks(u, delta_of, rate, bias, skip, B_scan, C_scan, delta_softplus, reverse, combine, chunk,
+                        outputs)
 
 
 class _LowRankDelta:
@@ -216,9 +218,9 @@ class _LowRankDelta:
         return raw.view(*self.shape, stop - start, -1)
 
 
-def _scan_chunks(u, delta, rate, bias, skip, B_scan, C_scan, delta_softplus, reverse, combine, chunk, outputs,
-                 project):
-    """The chunk loop of :func:`selective_scan_chunked_directions`, writing into ``outputs``."""
+def _scan_chunks(u, delta_of, rate, bias, skip, B_scan, C_scan, delta_softplus, reverse, combine, chunk, outputs):
+    """The chunk loop of :func:`selective_scan_chunked_directions`, writing into ``outputs``;
+    ``delta_of(start, stop)`` gives the raw delta of tokens start..stop-1 (batch, K, T, Dk)."""
     batch, length, channels = u[0].shape
     directions, state_size = len(u), rate.shape[-2]
     transition_buffer = u[0].new_empty((batch, directions, chunk, state_size, channels), dtype=torch.float32)
@@ -230,7 +232,7 @@ def _scan_chunks(u, delta, rate, bias, skip, B_scan, C_scan, delta_softplus, rev
         # Tokens start..stop-1 of each direction in scan order.
         inputs = torch.stack([s[:, length - stop: length - start].flip(1) if r else s[:, start:stop]
                               for s, r in zip(u, reverse)], dim=1).float()  # (batch, K, T, Dk)
-        steps = _steps(project(start, stop) if project is not None else delta[:, :, start:stop], bias, delta_softplus)
+        steps = _steps(delta_of(start, stop), bias, delta_softplus)
         transition, drive = _discretise(steps.unsqueeze(-2), inputs.unsqueeze(-2), rate, B_scan[:, :, start:stop],
                                         (transition_buffer[:, :, : stop - start], drive_buffer[:, :, : stop - start]))
         states, state = _advance(transition, drive, state, inplace=True)
