@@ -181,7 +181,7 @@ def selective_scan_triton(
 ) -> torch.Tensor:
     """The contract of :func:`mambast.scan.selective_scan` on the kernel: (B, D, L) float32 out.
 
-    ``tuning``: the keyword overrides of :func:`scan_triton` (tile shape and layout)."""
+    ``tuning``: the tile-shape overrides of :func:`scan_triton` (block_l, block_d, num_warps)."""
     check_scan_shapes(u, delta, A, B, C)
     batch, channels, length = u.shape
     groups = B.shape[1]
