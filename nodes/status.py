@@ -34,7 +34,8 @@ def status_report(checkpoint: str | None = None, scan: str = "auto") -> dict:
     report: dict = {"device": str(device), "mamba_ssm": scan_backends.mamba_ssm_available(),
                     "folders": host.model_folders(), "checkpoints": host.list_checkpoints(), "ok": True}
     try:
-        report["scan"] = scan_backends.resolve_backend(None if scan == "auto" else scan, device)
+        chosen = scan_backends.resolve_backend(None if scan == "auto" else scan, device)
+        report["scan"] = scan_backends.runnable_backend(chosen, device, needs_grad=False)
         if checkpoint:
             path = host.resolve_checkpoint(checkpoint)
             report["weights"] = _check_weights(path, _modified(path))

@@ -137,3 +137,11 @@ def test_model_with_the_triton_scan_equals_the_chunked_scan(small_tensors):
         expected = chunked.stylize(content, style, seed=4)
         got = kernel.stylize(content, style, seed=4)
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_the_model_reports_the_scan_that_actually_runs(small_tensors, monkeypatch):
+    import mambast
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = mambast.build(mambast.Checkpoint(small_tensors), device="cpu", scan="triton")
+    assert model.scan_backend == "chunked"  # no GPU and no interpreter: the chunked scan runs
