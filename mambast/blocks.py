@@ -13,6 +13,7 @@ from torch import nn
 from .config import MambaSTConfig
 from .progress import tick
 from .scan import resolve_backend, runnable_backend, selective_scan
+from .scan.contract import records_gradients
 from .scan.chunked import selective_scan_chunked_directions
 
 # Parameters the selective scan reads; they stay float32 whatever the dense layers' dtype.
@@ -142,8 +143,7 @@ class SS2D(nn.Module):
     def _token_major_backend(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> str | None:
         """The backend of the direction-fused scan ("chunked" or "triton"), or None when the scan
         runs on stacked directions instead (the reference and mamba_ssm backends, and autograd)."""
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, style_inner, *self.parameters()))
+        needs_grad = records_gradients(x, style_inner, *self.parameters())
         backend = runnable_backend(resolve_backend(self.scan_backend, x.device), x.device, needs_grad)
         if needs_grad or backend not in ("chunked", "triton"):
             return None

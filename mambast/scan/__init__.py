@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from .chunked import selective_scan_chunked, selective_scan_chunked_directions
-from .contract import check_scan_shapes
+from .contract import check_scan_shapes, records_gradients
 from .mamba_ssm_backend import mamba_ssm_available, selective_scan_mamba_ssm
 from .reference import selective_scan_reference
 from .triton_available import triton_available, triton_compiles_for, triton_interpreted
@@ -101,8 +101,7 @@ def selective_scan(
     uses group d // (D / G); D, delta_bias: (D,). ``delta_softplus`` applies softplus to
     ``delta + delta_bias``. Returns (B, D, L) float32.
     """
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
+    needs_grad = records_gradients(u, delta, A, B, C, D, delta_bias)
     name = runnable_backend(resolve_backend(backend, u.device), u.device, needs_grad)
     return BACKENDS[name](u, delta, A, B, C, D, delta_bias, delta_softplus)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..progress import tick
-from .contract import check_direction_shapes, check_scan_shapes
+from .contract import check_direction_shapes, check_scan_shapes, records_gradients
 
 DEFAULT_CHUNK = 24  # measured fastest of 8..64 on a 2-core CPU (bench/scan.py)
 _LOG2_E = 1.0 / math.log(2.0)
@@ -65,8 +65,7 @@ def selective_scan_chunked(
     B_tokens = B.float().reshape(flat, state_size, length).transpose(1, 2).contiguous().unsqueeze(1)  # (BG, 1, L, N)
     C_tokens = C.float().reshape(flat, state_size, length).transpose(1, 2).contiguous().unsqueeze(1)
 
-    inplace = not (torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)))
+    inplace = not records_gradients(u, delta, A, B, C, D, delta_bias)
     # Inference reuses two chunk-sized buffers; under autograd every chunk allocates its own.
     buffers = [u.new_empty((flat, per_group, chunk, state_size), dtype=torch.float32) for _ in range(2)] \
         if inplace else None

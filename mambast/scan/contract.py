@@ -26,6 +26,12 @@ def check_scan_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                              f"with G dividing D={channels}; got {tuple(tensor.shape)}")
 
 
+def records_gradients(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd is recording and any of ``tensors`` (None ones skipped) requires grad:
+    then the inference-only paths (in-place updates, the Triton kernel) must not run."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def prepare_scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus):
     """Check shapes, cast to float32 and apply the bias and softplus to delta."""
     check_scan_shapes(u, delta, A, B, C)

@@ -27,16 +27,15 @@ how the tests check it without a GPU.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
+from .chunked import _LOG2_E
 from .contract import check_direction_shapes, check_scan_shapes
 
-_LOG2_E = 1.0 / math.log(2.0)
 # The fastest tile shape of those bench/gpu.py sweeps, on an H200: 357 us for the four directions
 # of a 512 px block (4096 tokens x 1024 channels x 16 states), 254x the chunked scan's launches.
 # Shapes from 8 to 64 tokens and 8 to 32 channels stay within 1.4x of it.
