@@ -20,7 +20,9 @@ DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 if not ON_GPU and not scan.triton_available():
     pytest.skip("Triton does not import here", allow_module_level=True)
 
-from mambast.scan.triton_scan import selective_scan_triton, selective_scan_triton_directions  # noqa: E402
+from mambast.scan.chunked import selective_scan_chunked_directions  # noqa: E402
+from mambast.scan.triton_scan import (  # noqa: E402
+    scan_triton, selective_scan_triton, selective_scan_triton_directions)
 
 # Small tiles in the interpreter: 4 tokens x 8 channels, so a 13-token, 12-channel problem crosses
 # 4 chunks and 2 channel blocks. On a GPU the shipped tile shape runs.
@@ -83,6 +85,53 @@ def test_triton_direction_scan_equals_reference_on_flipped_inputs(reverse):
     flipped = [y[:, k].flip(-1) if r else y[:, k] for k, r in enumerate(reverse)]
     assert relative_error(rows_sum.transpose(1, 2), flipped[0] + flipped[2]) <= TOLERANCE
     assert relative_error(columns_sum.transpose(1, 2), flipped[1] + flipped[3]) <= TOLERANCE
+
+
+# Strides under 2^31 reach the kernel as int32, so only an index times a stride can pass 2^31
+# elements: with 4 directions x 1024 channels, any image from about 6.7k px square on. The views
+# below put the last index along one axis of every operand just past 2^31 elements from the
+# operand's start, in one storage that stays virtual memory except for the few pages written.
+FAR = 2**31
+SLOT = 4096  # elements between the operands' starts: room for each one's compact dimensions
+FAR_AXES = {"sequences and directions": 1, "tokens": 2, "channels and states": 3}
+
+
+def far_apart_view(memory: torch.Tensor, shape: tuple[int, ...], axis: int, slot: int) -> torch.Tensor:
+    """A ``shape`` view of ``memory`` whose last index along ``axis`` starts 2^31 elements (or a
+    few more) past the view's start, its other dimensions compact; filled with random values.
+
+    Views start 2^31 elements into ``memory``, so that a kernel whose offsets wrap to about -2^31
+    reads wrong values inside ``memory`` instead of crashing the test run."""
+    strides = list(torch.empty(shape[:axis] + shape[axis + 1:]).stride())
+    far_stride = -(-FAR // (shape[axis] - 1))
+    assert far_stride < FAR and torch.Size(shape).numel() // shape[axis] <= SLOT
+    strides.insert(axis, far_stride)
+    view = memory.as_strided(shape, strides, FAR + slot * SLOT)
+    view.copy_(torch.randn(shape, generator=torch.Generator().manual_seed(slot)))
+    return view
+
+
+@pytest.mark.parametrize("axis", FAR_AXES.values(), ids=FAR_AXES.keys())
+def test_triton_scan_reads_elements_more_than_2_31_apart(axis):
+    """Offsets are formed in 64 bits: a sequence, direction, token, step, channel or state index
+    times its stride reaches past 2^31 elements, and the kernel still reads the right ones."""
+    batch, sequences, directions, length, channels, state = 1, 3, 4, 5, 3, 3
+    source, reverse = (0, 1, 2, 1), (False, True, True, False)
+    # float16: 8 GiB of address space; next to nothing resident on a CPU, but real memory on a GPU.
+    if ON_GPU and torch.cuda.mem_get_info(DEVICE)[0] < 9 * 2**30:
+        pytest.skip("needs 9 GiB of free GPU memory for operands 2^31 elements long")
+    memory = torch.empty(2 * FAR + 5 * SLOT, dtype=torch.float16, device=DEVICE)
+    u = far_apart_view(memory, (batch, sequences, length, channels), axis, 0)
+    delta = far_apart_view(memory, (batch, directions, length, channels), axis, 1)
+    B = far_apart_view(memory, (batch, directions, length, state), axis, 2)
+    C = far_apart_view(memory, (batch, directions, length, state), axis, 3)
+    common = {name: value.to(DEVICE) for name, value in scan_inputs(channels=directions * channels, state=state).items()
+              if name in ("A", "D", "delta_bias")}
+    got = scan_triton(u, source, delta, B=B, C=C, delta_softplus=True, reverse=reverse, **common, **TILES)
+    u, delta, B, C = (t.contiguous().float() for t in (u, delta, B, C))
+    expected = selective_scan_chunked_directions([u[:, s] for s in source], delta, B=list(B.unbind(1)),
+                                                 C=list(C.unbind(1)), delta_softplus=True, reverse=reverse, **common)
+    assert relative_error(got, torch.stack(expected, dim=1)) <= TOLERANCE
 
 
 def test_triton_direction_scan_names_the_misshapen_input():

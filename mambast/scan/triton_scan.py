@@ -58,12 +58,16 @@ def _load_chunk(start, rows, length, backwards, d, d_ok, n, n_ok, delta_base, sd
     step = start + rows  # position in scan order
     step_ok = step < length
     token = tl.where(backwards, length - 1 - step, step)  # position in the sequence
+    # Widened for the offsets only (d and n come in as int64; see _scan_kernel), the masks keep
+    # the 32-bit positions.
+    step_at = step.to(tl.int64)[:, None]
+    token_at = token.to(tl.int64)[:, None]
     tile_ok = step_ok[:, None] & d_ok[None, :]
-    dt = tl.load(delta_base + step[:, None] * sd_l + d[None, :] * sd_d, mask=tile_ok, other=0.0).to(tl.float32)
-    u = tl.load(u_base + token[:, None] * su_l + d[None, :] * su_d, mask=tile_ok, other=0.0).to(tl.float32)
+    dt = tl.load(delta_base + step_at * sd_l + d[None, :] * sd_d, mask=tile_ok, other=0.0).to(tl.float32)
+    u = tl.load(u_base + token_at * su_l + d[None, :] * su_d, mask=tile_ok, other=0.0).to(tl.float32)
     state_ok = step_ok[:, None] & n_ok[None, :]
-    B = tl.load(b_base + token[:, None] * sb_l + n[None, :] * sb_n, mask=state_ok, other=0.0).to(tl.float32)
-    C = tl.load(c_base + token[:, None] * sc_l + n[None, :] * sc_n, mask=state_ok, other=0.0).to(tl.float32)
+    B = tl.load(b_base + token_at * sb_l + n[None, :] * sb_n, mask=state_ok, other=0.0).to(tl.float32)
+    C = tl.load(c_base + token_at * sc_l + n[None, :] * sc_n, mask=state_ok, other=0.0).to(tl.float32)
     return dt, u, B, C
 
 
@@ -78,15 +82,19 @@ def _scan_kernel(
     HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, SOFTPLUS: tl.constexpr,
     STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    block = tl.program_id(0)
-    k = tl.program_id(1)
+    # Every index that multiplies a stride is int64: at 4 directions x 1024 channels the products
+    # pass 2^31 elements from about 6.7k px squares on (L = (side / 8)^2 tokens), and 32-bit ones
+    # would wrap silently. Tile positions in the loop stay 32-bit; they are widened where an
+    # offset is formed.
+    block = tl.program_id(0).to(tl.int64)
+    k = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    source = tl.load(source_ptr + k)
+    source = tl.load(source_ptr + k).to(tl.int64)
     backwards = tl.load(reverse_ptr + k) != 0
 
     d = block * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < channels
-    n = tl.arange(0, STATE)
+    n = tl.arange(0, STATE).to(tl.int64)
     n_ok = n < state_size
     # A * log2(e), so that exp(delta * A) = exp2(delta * rate); padding gives exp2(0) = 1.
     rate = tl.load(rate_ptr + (k * channels + d)[:, None] * state_size + n[None, :],
@@ -124,7 +132,8 @@ def _scan_kernel(
         to_here, driven = tl.associative_scan((transition, drive), 0, _compose)
         states = to_here * state[None, :, :] + driven
         y = tl.sum(states * C[:, None, :], axis=2) + skip[None, :] * u
-        tl.store(y_base + token[:, None] * channels + d[None, :], y, mask=step_ok[:, None] & d_ok[None, :])
+        tl.store(y_base + token.to(tl.int64)[:, None] * channels + d[None, :], y,
+                 mask=step_ok[:, None] & d_ok[None, :])
         state = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None, None], states, 0.0), axis=0)
 
 
