@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
-from .checkpoint import (DTYPES, Checkpoint, CheckpointError, WEIGHTS_URL, check_against, convert_to_safetensors,
-                         missing_weights_message, read_checkpoint, usable_tensors)
+from .checkpoint import (DTYPES, Checkpoint, CheckpointError, WEIGHTS_URL, check_against, check_dimensions,
+                         check_finite, check_parts_agree, convert_to_safetensors, missing_weights_message,
+                         read_checkpoint, usable_tensors)
 from .config import MambaSTConfig
 from .model import ContentEncoding, MambaST, StyleEncoding, pair_batches
 
@@ -42,11 +44,20 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return dtype
 
 
-def validate(checkpoint: Checkpoint) -> MambaSTConfig:
-    """The architecture of ``checkpoint``, after checking every tensor's presence and shape.
+@functools.lru_cache(maxsize=1)
+def _released_shapes() -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        return {k: v.shape for k, v in MambaST(MambaSTConfig()).state_dict().items()}
 
-    Raises CheckpointError naming the file, the key and the expected and found shapes.
+
+def validate(checkpoint: Checkpoint) -> MambaSTConfig:
+    """The architecture of ``checkpoint``, after checking every tensor's presence, shape and values.
+
+    Raises CheckpointError naming the file, the key and the expected and found shapes, the files
+    of parts that come from different models, or the tensors holding NaN or infinite values.
     """
+    check_dimensions(checkpoint, _released_shapes())
+    check_parts_agree(checkpoint)
     try:
         config = MambaSTConfig.from_state_dict(checkpoint.tensors)
     except KeyError as missing:
@@ -55,6 +66,7 @@ def validate(checkpoint: Checkpoint) -> MambaSTConfig:
     with torch.device("meta"):
         skeleton = MambaST(config)
     check_against(checkpoint, {k: v.shape for k, v in skeleton.state_dict().items()})
+    check_finite(checkpoint)
     return config
 
 

@@ -5,15 +5,19 @@ Two layouts are read:
   (``decoder_iter_*.pth``), the patch embedding (``embedding_iter_*.pth``) and the Mamba body
   (``mamba_iter_*.pth``, also published as ``transformer_iter_*.pth``); each file is recognised
   by its keys, not its name, and the VGG used only in training (``vgg_normalised.pth``) is skipped;
-- one ``.safetensors`` file holding the same tensors under the prefixes ``decoder.``,
+- one ``.safetensors`` (or ``.sft``) file holding the same tensors under the prefixes ``decoder.``,
   ``embedding.`` and ``mamba.``.
 
 ``.pth`` files are read with ``torch.load(weights_only=True)``: a pickle that would run code is
-refused before anything runs.
+refused before anything runs. A safetensors header is checked against the file's size before
+safetensors reads it, so a damaged or hostile header never makes us allocate what it claims.
+Every bad file ends in a CheckpointError that names the file (and tensor) and says what to do.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 import re
@@ -26,7 +30,16 @@ WEIGHTS_URL = "https://drive.google.com/drive/folders/1pVhJFwk2f3arP7zUDFAe5_PJr
 OFFICIAL_FILES = "decoder_iter_160000.pth, embedding_iter_160000.pth and mamba_iter_160000.pth " \
                  "(or transformer_iter_160000.pth)"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")  # ComfyUI lists .sft as safetensors too
+WEIGHTS_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 PARTS = ("decoder", "embedding", "mamba")
+
+# safetensors' own limit on the JSON header; anything larger is not a real weights file.
+MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024
+SAFETENSORS_ITEM_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                          "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+# How many bad tensors a message lists by name before it only counts them.
+_NAMED_IN_MESSAGES = 3
 
 # Tensors of the official checkpoints that the reference computes with but never uses for the
 # stylized image: the unused positional branch, a second skip scale, and the style projection
@@ -66,7 +79,60 @@ def missing_weights_message(searched: list[str] | tuple[str, ...]) -> str:
             "or convert them to one .safetensors file with `python -m mambast convert`.")
 
 
+def suffix_of(path: str | os.PathLike) -> str:
+    """The file suffix that decides how weights are read, in lower case (``.PTH`` reads as ``.pth``)."""
+    return Path(path).suffix.lower()
+
+
+_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+               (b"RIFF", "a RIFF file (WebP image or audio)"), (b"%PDF", "a PDF document"),
+               (b"PK\x03\x04", "a zip archive (the format of PyTorch .pth files)"))
+
+
+def _describe_content(head: bytes) -> str | None:
+    """What the first bytes of a file say it is, when that is something recognisable."""
+    for signature, what in _SIGNATURES:
+        if head.startswith(signature):
+            return what
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<")):
+        return "an HTML page (what an interrupted or refused download often saves)"
+    if head and all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        return "a text file"
+    return None
+
+
+def _refuse_folder(path: Path) -> None:
+    raise CheckpointError(f"{path}: is a folder, not a weights file. Point at the weights file itself, or at "
+                          f"a folder holding the official files {OFFICIAL_FILES}.")
+
+
+def _open_weights_file(path: Path) -> tuple[int, bytes]:
+    """The size and first 64 bytes of a weights file; a CheckpointError for folders, empty files and the like."""
+    if path.is_dir():
+        _refuse_folder(path)
+    if not path.is_file():  # a pipe or device would block or stream forever
+        raise CheckpointError(f"{path}: is not a regular file; point at a weights file.")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes); its download or copy did not finish. "
+                              "Re-download the file.")
+    with open(path, "rb") as handle:
+        return size, handle.read(64)
+
+
+def _first_sentence(error: BaseException, limit: int = 200) -> str:
+    sentence = (str(error).splitlines() or [""])[0].split(". ")[0]
+    return f"{type(error).__name__}: {sentence[:limit]}"
+
+
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    _, head = _open_weights_file(path)
+    # Files written by torch.save are zip archives, or for the legacy format a pickle (protocol byte 0x80).
+    what = None if head.startswith((b"PK\x03\x04", b"\x80")) else _describe_content(head)
+    if what:
+        raise CheckpointError(f"{path}: cannot be read as PyTorch weights: it is {what}, not a weights file. "
+                              f"Re-download the file (the official files are {OFFICIAL_FILES}, from {WEIGHTS_URL}).")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -75,12 +141,13 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
             f"build objects other than tensors): {str(error).splitlines()[0]} Only use weights from a "
             "source you trust, or convert them to .safetensors.") from None
     except Exception as error:  # truncated or not a torch file at all
-        raise CheckpointError(f"{path}: cannot be read as PyTorch weights ({type(error).__name__}: {error}). "
-                              "Re-download the file.") from None
+        raise CheckpointError(f"{path}: cannot be read as PyTorch weights; the file is damaged or incomplete (e.g. "
+                              f"a download cut short) ({_first_sentence(error)}). Re-download the file.") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(state).__name__}.")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path}: expected a state dict of named tensors, found {type(state).__name__}.")
     return state
 
 
@@ -97,26 +164,41 @@ def classify_state_dict(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def _check_one_checkpoint(folder: Path, found: dict[str, list[Path]]) -> None:
+    """Refuse a folder whose part files come from more than one checkpoint."""
+    for kind, paths in found.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            raise CheckpointError(f"{folder}: several {kind} files ({names}); keep one set of weights per folder.")
+    iterations = {paths[0].name: match.group(1) for paths in found.values()
+                  if (match := re.search(r"_iter_(\d+)", paths[0].stem))}
+    if len(set(iterations.values())) > 1:
+        files = ", ".join(f"{name} (iteration {number})" for name, number in sorted(iterations.items()))
+        raise CheckpointError(f"{folder}: the files come from different checkpoints: {files}. Keep one set per "
+                              "folder: the decoder, embedding and mamba files of the same iteration.")
+
+
 def read_official_folder(folder: Path) -> Checkpoint:
     """Read the three official ``.pth`` files of ``folder``, recognised by their keys."""
     found: dict[str, list[Path]] = {}
     parts: dict[str, dict[str, torch.Tensor]] = {}
-    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+    entries = sorted(p for p in folder.iterdir() if suffix_of(p) in PICKLE_SUFFIXES)
+    candidates = [p for p in entries if p.is_file()]
     for path in candidates:
         state = _load_pickle(path)
         kind = classify_state_dict(state)
         if kind in PARTS:
             found.setdefault(kind, []).append(path)
             parts[kind] = state
-    for kind, paths in found.items():
-        if len(paths) > 1:
-            names = ", ".join(p.name for p in paths)
-            raise CheckpointError(f"{folder}: several {kind} files ({names}); keep one set of weights per folder.")
+    _check_one_checkpoint(folder, found)
     missing = [kind for kind in PARTS if kind not in found]
     if missing:
-        raise CheckpointError(
-            f"{folder}: no {' / '.join(missing)} weights among {[p.name for p in candidates] or 'no .pth files'}. "
-            f"The folder must hold the official files {OFFICIAL_FILES}; download them from {WEIGHTS_URL}.")
+        folders = [p.name for p in entries if p.is_dir()]
+        note = f" ({', '.join(folders)}: a folder, not a file)" if folders else ""
+        held = (f"no {' / '.join(missing)} weights among {[p.name for p in candidates]}" if candidates
+                else "the folder holds no weights (no decoder / embedding / mamba .pth files)")
+        raise CheckpointError(f"{folder}: {held}{note}. Put the official files {OFFICIAL_FILES} in this folder; "
+                              f"download them from {WEIGHTS_URL}.")
     tensors: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     for kind in PARTS:
@@ -126,11 +208,64 @@ def read_official_folder(folder: Path) -> Checkpoint:
     return Checkpoint(tensors, origin, str(folder))
 
 
+def check_safetensors_header(path: Path) -> None:
+    """Refuse a ``.safetensors`` file whose header is not consistent with the file, before anything is allocated.
+
+    The format: an 8-byte little-endian header length, that many bytes of JSON
+    ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the
+    tensor data, offsets counted from its start.
+    """
+    size, head = _open_weights_file(path)
+    what = _describe_content(head)
+    not_safetensors = f"it is {what}, not a safetensors file" if what else "it is damaged or not a safetensors file"
+    if size < 8:
+        raise CheckpointError(f"{path}: only {size} bytes; {not_safetensors}. Re-download or re-convert it.")
+    length = int.from_bytes(head[:8], "little")
+    if length > MAX_SAFETENSORS_HEADER_BYTES or 8 + length > size:
+        raise CheckpointError(f"{path}: its header claims {length} bytes but the file has {size}; {not_safetensors} "
+                              "(or it was cut short). Re-download or re-convert it.")
+    with open(path, "rb") as handle:
+        handle.seek(8)
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: its header is not a JSON table of tensors; {not_safetensors}. "
+                              "Re-download or re-convert it.")
+    data_bytes = size - 8 - length
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        shape = info.get("shape") if isinstance(info, dict) else None
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        if (not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape)
+                or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(n) is int for n in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{path}: tensor {name!r} has an unreadable entry in the header ({info!r:.200}); "
+                                  "the file is damaged. Re-download or re-convert it.")
+        if dtype not in SAFETENSORS_ITEM_BYTES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}; Mamba-ST weights are "
+                                  "float32, float16 or bfloat16. Re-convert with `python -m mambast convert`.")
+        if offsets[1] > data_bytes:
+            raise CheckpointError(f"{path}: tensor {name!r} lies past the end of the file (bytes {offsets[0]}.."
+                                  f"{offsets[1]} of {data_bytes}); the file is truncated. Re-download or "
+                                  "re-convert it.")
+        needed = SAFETENSORS_ITEM_BYTES[dtype] * math.prod(shape)
+        if offsets[1] - offsets[0] != needed:
+            raise CheckpointError(f"{path}: tensor {name!r} is declared {dtype} of shape {tuple(shape)} ({needed} "
+                                  f"bytes) but holds {offsets[1] - offsets[0]} bytes; the file is damaged. "
+                                  "Re-download or re-convert it.")
+
+
 def read_safetensors(path: Path) -> Checkpoint:
-    """Read one ``.safetensors`` file in the prefixed layout."""
+    """Read one ``.safetensors`` (or ``.sft``) file in the prefixed layout."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    check_safetensors_header(path)
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
@@ -143,15 +278,18 @@ def read_safetensors(path: Path) -> Checkpoint:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read weights from an official folder or a prefixed ``.safetensors`` / ``.pth`` file."""
+    """Read weights from an official folder or a prefixed ``.safetensors`` / ``.sft`` / ``.pth`` file."""
     path = Path(path).expanduser()
+    suffix = suffix_of(path)
     if path.is_dir():
+        if suffix in WEIGHTS_SUFFIXES and not any(suffix_of(p) in PICKLE_SUFFIXES for p in path.iterdir()):
+            _refuse_folder(path)
         return read_official_folder(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder. " + missing_weights_message([str(path.parent)]))
-    if path.suffix == ".safetensors":
+    if suffix in SAFETENSORS_SUFFIXES:
         return read_safetensors(path)
-    if path.suffix in PICKLE_SUFFIXES:
+    if suffix in PICKLE_SUFFIXES:
         state = _load_pickle(path)
         if all(k.split(".", 1)[0] in PARTS for k in state):
             return Checkpoint(state, {}, str(path))
@@ -181,6 +319,62 @@ def check_against(checkpoint: Checkpoint, expected: dict[str, torch.Size]) -> No
         if key not in expected:
             raise CheckpointError(f"{checkpoint.file_of(key)}: unexpected tensor {key!r} "
                                   f"(shape {tuple(tensors[key].shape)}). Is this a Mamba-ST checkpoint?")
+
+
+def check_dimensions(checkpoint: Checkpoint, reference: dict[str, torch.Size]) -> None:
+    """Raise a CheckpointError for a tensor whose number of dimensions differs from ``reference``'s.
+
+    ``reference`` is any Mamba-ST's shapes (sizes may differ, dimensions may not); checked before
+    the architecture is read so that reading it never indexes a dimension that is not there.
+    """
+    for key, tensor in checkpoint.tensors.items():
+        if key in reference and tensor.dim() != len(reference[key]):
+            raise CheckpointError(f"{checkpoint.file_of(key)}: tensor {key!r} has shape {tuple(tensor.shape)}, "
+                                  f"expected {len(reference[key])} dimensions (the released model's is "
+                                  f"{tuple(reference[key])}). The file is damaged or not Mamba-ST weights.")
+
+
+def _token_width_of_each_part(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[str, int]]:
+    """d_model as each part sees it, with the tensor it is read from: the patch embedding's output
+    channels, the Mamba body's input projection, the CNN decoder's first convolution's input channels."""
+    widths: dict[str, tuple[str, int]] = {}
+    if "embedding.proj.weight" in tensors:
+        widths["embedding"] = ("embedding.proj.weight", tensors["embedding.proj.weight"].shape[0])
+    in_proj = "mamba.encoder_c.layers.0.self_attention.in_proj.weight"
+    if in_proj in tensors:
+        widths["mamba"] = (in_proj, tensors[in_proj].shape[-1])
+    convs = sorted((int(m.group(1)), key) for key in tensors if (m := re.fullmatch(r"decoder\.(\d+)\.weight", key)))
+    if convs:
+        widths["decoder"] = (convs[0][1], tensors[convs[0][1]].shape[1])
+    return widths
+
+
+def check_parts_agree(checkpoint: Checkpoint) -> None:
+    """Raise a CheckpointError naming both files when the parts disagree on the token width (d_model),
+    as when the decoder, embedding and mamba files of different checkpoints share a folder."""
+    widths = _token_width_of_each_part(checkpoint.tensors)
+    if len({width for _, width in widths.values()}) > 1:
+        described = "; ".join(f"{checkpoint.file_of(key)}: {width} ({key!r} {tuple(checkpoint.tensors[key].shape)})"
+                              for key, width in widths.values())
+        raise CheckpointError(f"The parts of this checkpoint come from different models; their token widths "
+                              f"(d_model) disagree: {described}. Keep one set of weights per folder "
+                              "(the decoder, embedding and mamba files released together).")
+
+
+def check_finite(checkpoint: Checkpoint) -> None:
+    """Raise a CheckpointError naming the tensors that hold NaN or infinite values.
+
+    Such a weight turns the stylized image black or into noise without any error, so a file
+    holding one is refused as corrupt. Only the tensors the image depends on are checked.
+    """
+    bad = [key for key, tensor in usable_tensors(checkpoint).items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        files = ", ".join(dict.fromkeys(checkpoint.file_of(key) for key in bad))
+        named = ", ".join(repr(key) for key in bad[:_NAMED_IN_MESSAGES])
+        more = f" and {len(bad) - _NAMED_IN_MESSAGES} more" if len(bad) > _NAMED_IN_MESSAGES else ""
+        raise CheckpointError(f"{files}: {len(bad)} tensor(s) hold NaN or infinite values ({named}{more}); the "
+                              "weights are corrupt and would give black or garbage images. Re-download the file.")
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
