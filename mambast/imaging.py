@@ -1,6 +1,12 @@
-"""Image pre/post-processing around the network: padding, resizing, cropping."""
+"""Image pre/post-processing around the network: padding, resizing, cropping, reading and writing files."""
 
 from __future__ import annotations
+
+import os
+import re
+import secrets
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -71,22 +77,177 @@ def resize_shorter_side(image: torch.Tensor, shorter: int) -> torch.Tensor:
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
+#: Modes that hold one channel of 16-bit samples. Pillow opens a 16-bit greyscale PNG as
+#: "I;16" (Pillow 10 and later) or "I" (earlier), a 16-bit TIFF as "I;16" or "I;16B".
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be used: missing, not an image, damaged, or too large to read safely.
+
+    The message names the file and says what to do.
+    """
+
 
 def read_image(path) -> torch.Tensor:
-    """An image file as (1, 3, H, W) float in 0..1 (alpha dropped, grey expanded to RGB)."""
-    import numpy as np
+    """An image file as (1, 3, H, W) float32 in 0..1, the way a viewer shows it.
+
+    Turned upright by its EXIF orientation (phone photos); alpha dropped (the colour under
+    it is kept); grey and palette images expanded to RGB; CMYK converted by Pillow's formula;
+    16-bit samples scaled by 65535 ("I" is taken as 16-bit: 16-bit PNGs open so in older
+    Pillow); float ("F") images taken as 0..1, clipped. Raises :class:`ImageFileError`,
+    naming the file, for a missing, non-image, truncated or damaged file, and for one above
+    Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, also where Pillow
+    would only warn).
+    """
     from PIL import Image
 
-    with Image.open(path) as picture:
-        array = np.asarray(picture.convert("RGB"), dtype=np.uint8)
+    with warnings.catch_warnings():
+        # Images between the limit and twice it only warn in Pillow; _check_pixel_count refuses them.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _open_image(path) as picture:
+            _check_pixel_count(path, picture.size)
+            try:
+                picture.load()
+                picture = _upright(picture)
+                return _to_tensor(picture, path)
+            except ImageFileError:
+                raise
+            except Exception as error:  # Pillow's decoders raise OSError, SyntaxError, ValueError, zlib.error...
+                raise _damaged(path, error) from error
+
+
+def _open_image(path):
+    """``PIL.Image.open`` with its failures turned into :class:`ImageFileError` naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        raise ImageFileError(f"{path}: no such file.") from None
+    except IsADirectoryError:
+        raise ImageFileError(f"{path} is a folder, not an image file.") from None
+    except UnidentifiedImageError:
+        raise ImageFileError(f"{path} is not an image file Pillow can read (unknown format, or the file is "
+                             f"empty or damaged). Use a {', '.join(IMAGE_SUFFIXES)} image.") from None
+    except Image.DecompressionBombError as error:
+        pixels = re.search(r"\((\d+) pixels\)", str(error))  # Pillow knew the size but only says it here
+        size = f"{int(pixels[1]):,} pixels" if pixels else str(error)
+        raise ImageFileError(_too_large_message(path, size)) from None
+    except OSError as error:
+        if error.errno is not None:  # the system's error (permissions, a disk), not Pillow's
+            raise ImageFileError(f"{path} cannot be read: {error.strerror}.") from None
+        raise _damaged(path, error) from error
+    except Exception as error:  # a plugin's SyntaxError, EOFError, struct.error on a broken header
+        raise _damaged(path, error) from error
+
+
+def _damaged(path, error: Exception) -> ImageFileError:
+    return ImageFileError(f"{path} is damaged or incomplete ({error}). Open it in an image viewer; download or "
+                          "export it again.")
+
+
+def _check_pixel_count(path, size: tuple[int, int]) -> None:
+    """Refuse an image above ``PIL.Image.MAX_IMAGE_PIXELS`` before decoding a byte of it."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = size
+    if limit is not None and width * height > limit:
+        raise ImageFileError(_too_large_message(path, f"{width}x{height} = {width * height:,} pixels"))
+
+
+def _too_large_message(path, size: str) -> str:
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return (f"{path} is too large to read safely ({size}); Pillow's limit against decompression bombs is "
+            f"{limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS). Resize it to at most {limit / 1e6:.0f} megapixels "
+            "with an image editor first.")
+
+
+def _upright(picture):
+    """The image turned the way its EXIF orientation tag says a viewer shows it."""
+    from PIL import ImageOps
+
+    try:
+        orientation = picture.getexif().get(0x0112, 1)
+    except Exception:  # an unreadable EXIF block does not make the pixels unusable
+        return picture
+    return ImageOps.exif_transpose(picture) if orientation in range(2, 9) else picture
+
+
+def _to_tensor(picture, path) -> torch.Tensor:
+    """A loaded PIL image as (1, 3, H, W) float32 in 0..1 (see :func:`read_image`)."""
+    import numpy as np
+
+    if picture.mode in _SIXTEEN_BIT_MODES or picture.mode == "F":
+        grey = np.asarray(picture).astype(np.float32)
+        if picture.mode != "F":
+            grey /= 65535.0
+        grey = torch.from_numpy(np.nan_to_num(grey).clip(0.0, 1.0))
+        return grey.expand(1, 3, *grey.shape).contiguous()
+    if picture.mode in ("P", "PA"):
+        picture = picture.convert("RGBA")  # the palette's transparency, in whatever form, becomes alpha
+    if picture.mode != "RGB":
+        try:
+            picture = picture.convert("RGB")
+        except ValueError as error:
+            raise ImageFileError(f"{path} has colour mode {picture.mode}, which cannot be converted to RGB here "
+                                 f"({error}); save it as an RGB image.") from error
+    array = np.asarray(picture, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
-def write_image(image: torch.Tensor, path) -> None:
-    """Save (3, H, W) or (1, 3, H, W) float (clamped to 0..1 here) as an 8-bit image file."""
+def write_image(image: torch.Tensor, path, overwrite: bool = True) -> None:
+    """Save (3, H, W) or (1, 3, H, W) float (clamped to 0..1 here) as an 8-bit image file.
+
+    The format follows the suffix. The file appears whole or not at all: it is written to a
+    temporary file beside ``path`` and renamed onto it, so an error or Ctrl-C leaves neither
+    a half-written image nor a temporary file, and an existing file stays as it was.
+    ``overwrite=False`` raises FileExistsError instead of replacing an existing file.
+    """
     from PIL import Image
 
+    path = Path(path)
+    file_format = Image.registered_extensions().get(path.suffix.lower())
+    if file_format is None:
+        raise ValueError(f"cannot write {path}: unknown image suffix {path.suffix!r}; use one of "
+                         f"{', '.join(IMAGE_SUFFIXES)}.")
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} already exists.")
     if image.dim() == 4:
         image = image[0]
     array = (image.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(array).save(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        handle = open(temporary, "xb")
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write {path}: {error.strerror}", str(path.parent)) from None
+    try:
+        with handle:
+            Image.fromarray(array).save(handle, format=file_format)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _move_into_place(temporary, path, overwrite)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _move_into_place(temporary: Path, path: Path, overwrite: bool) -> None:
+    """Rename ``temporary`` onto ``path``; without ``overwrite``, never over a file that exists."""
+    if overwrite:
+        os.replace(temporary, path)
+        return
+    try:
+        # A hard link fails if the name exists, even one created since write_image looked.
+        os.link(temporary, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists.") from None
+    except OSError:  # a file system without hard links (FAT, some network shares)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists.") from None
+        os.replace(temporary, path)
+        return
+    temporary.unlink()

@@ -44,6 +44,9 @@ BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
     "mamba_ssm": selective_scan_mamba_ssm,
 }
 ENV_VARIABLE = "MAMBAST_SCAN"
+# What the loader node and the command line offer, in the order shown; "auto" is the rule below.
+CHOICES = ("auto", "chunked", "triton", "reference", "mamba_ssm")
+assert set(CHOICES) == {"auto", *BACKENDS}
 
 
 def validate_backend_name(name: str | None) -> str | None:
@@ -106,7 +109,7 @@ def selective_scan(
     return BACKENDS[name](u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
-__all__ = ["BACKENDS", "ENV_VARIABLE", "check_scan_shapes", "mamba_ssm_available",
+__all__ = ["BACKENDS", "CHOICES", "ENV_VARIABLE", "check_scan_shapes", "mamba_ssm_available",
            "resolve_backend", "runnable_backend", "selective_scan", "selective_scan_chunked",
            "selective_scan_chunked_directions", "selective_scan_reference", "triton_available",
            "validate_backend_name"]
