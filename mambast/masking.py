@@ -29,6 +29,16 @@ def prepare_mask(mask: torch.Tensor, size: tuple[int, int], feather: float = 0.0
     return weights
 
 
+def shows_nothing(mask: torch.Tensor, invert: bool = False) -> bool:
+    """Whether a mask (any shape) leaves every pixel as the content: nothing to stylize.
+
+    Known before any work, so a run can skip the model (e.g. ComfyUI's LoadImage gives an
+    all-zero mask for a picture without a painted mask).
+    """
+    weights = mask.float().clamp(0.0, 1.0)
+    return bool(((1.0 - weights) if invert else weights).max() <= 0.0)
+
+
 def composite(content: torch.Tensor, stylized: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``stylized`` where ``weights`` is 1, ``content`` where 0: (B, C, H, W) each, weights (B|1, 1, H, W)."""
     return torch.lerp(content.to(stylized), stylized, weights.to(stylized))

@@ -15,7 +15,7 @@ from .imaging import check_image, pad_to_multiple, padded_size
 from .progress import tick
 from .shuffle import new_seed, style_permutations
 from .winograd import conv3x3, nnpack_available
-from .styles import StyleMix, StyleSource, fit_style_image, mix_tokens
+from .styles import GridCache, StyleMix, StyleSource, check_scale, fit_style_image, mix_tokens
 
 
 _CHANNELS_LAST_DEVICES = ("cpu", "cuda")
@@ -42,23 +42,38 @@ class ContentEncoding:
 
 @dataclass
 class StyleEncoding:
-    """Encoded style tokens (B, L, d_model) on the token grid ``grid``.
+    """A style: its picture(s) and their tokens (B, L, d_model) on the token grid ``grid``.
 
     The MSTD pairs style token t with content token t, so a style must be encoded on the
     content's grid. ``image`` keeps the style picture (B, 3, H, W) so that :meth:`MambaST.fuse`
-    can re-encode it for a content of another size, at the same relative ``scale`` (see
-    :func:`mambast.styles.fit_style_image`); those encodings are cached in ``by_grid``.
+    can encode it for a content of any size, at the same relative ``scale`` (see
+    :func:`mambast.styles.fit_style_image`); those encodings are cached in ``by_grid`` (a few
+    grids, least recently used dropped). :meth:`from_images` makes a style not encoded yet
+    (``tokens`` None): it is encoded once, on the first content grid it meets.
     """
 
-    tokens: torch.Tensor
-    grid: tuple[int, int]
+    tokens: torch.Tensor | None
+    grid: tuple[int, int] | None
     image: torch.Tensor | None = None
-    by_grid: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    by_grid: GridCache = field(default_factory=GridCache, repr=False)
     scale: float = 1.0
+
+    def __post_init__(self):
+        if self.tokens is None and self.image is None:
+            raise ValueError("a style needs its tokens or its image.")
+        if not isinstance(self.by_grid, GridCache):
+            self.by_grid = GridCache(self.by_grid)
+
+    @classmethod
+    def from_images(cls, image: torch.Tensor, scale: float = 1.0) -> "StyleEncoding":
+        """A style (B, 3, H, W) in 0..1 to be encoded on the grid of each content it is fused with."""
+        check_image(image, "style", minimum=1)
+        check_scale(scale)
+        return cls(None, None, image, GridCache(), scale)
 
     @property
     def batch_size(self) -> int:
-        return self.tokens.shape[0]
+        return self.tokens.shape[0] if self.tokens is not None else self.image.shape[0]
 
 
 def pair_batches(content_batch: int, style_batch: int) -> None:
@@ -66,6 +81,13 @@ def pair_batches(content_batch: int, style_batch: int) -> None:
     if style_batch != 1 and style_batch != content_batch:
         raise ValueError(f"Cannot pair {content_batch} content image(s) with {style_batch} style image(s): "
                          "give one style (used for every content image) or exactly one style per content image.")
+
+
+def batch_item(batch: torch.Tensor | None, index: int) -> torch.Tensor | None:
+    """Item ``index`` of a batch, keeping the batch dimension; a batch of one serves every index."""
+    if batch is None:
+        return None
+    return batch[index if batch.shape[0] > 1 else 0].unsqueeze(0)
 
 
 class MambaST(nn.Module):
@@ -144,16 +166,17 @@ class MambaST(nn.Module):
         The style is laid out to ``size`` (H, W), which should be the content's padded size
         (``ContentEncoding.padded_size``) so that its tokens fill the content's grid; without
         ``size`` it takes its own size rounded up to whole patches. ``scale`` sets the style's
-        size relative to that (bigger or smaller strokes; 1 simply resizes).
+        size relative to that (bigger or smaller strokes; 1 simply resizes). Any style size
+        works when ``size`` is given (it is resized); without it both sides must be at least 8.
         """
-        check_image(image, "style")
+        check_image(image, "style", minimum=8 if size is None else 1)
         patch = self.config.patch_size
         target = tuple(size) if size is not None else padded_size(*image.shape[-2:], patch)
         if target[0] % patch or target[1] % patch:
             raise ValueError(f"style size {target} must be a multiple of the patch size {patch}.")
         tokens, grid = self._embed(fit_style_image(image, target, scale))
         tokens = self.mamba.encoder_s(tokens, grid)
-        return StyleEncoding(tokens, grid, image, {grid: tokens}, scale)
+        return StyleEncoding(tokens, grid, image, GridCache({grid: tokens}), scale)
 
     def style_on_grid(self, style: StyleSource, content: ContentEncoding,
                       cache_device: torch.device | None = None) -> torch.Tensor:
@@ -174,10 +197,9 @@ class MambaST(nn.Module):
                 raise ValueError(f"The style was encoded on a {style.grid[1]}x{style.grid[0]} token grid but the "
                                  f"content is {content.grid[1]}x{content.grid[0]}; encode the style with "
                                  "size=content.padded_size.")
-            else:
-                images = style.image.to(self.device)
-                cached = torch.cat([self.encode_style(images[i:i + 1], content.padded_size, style.scale).tokens
-                                    for i in range(images.shape[0])])
+            else:  # moved to the model's device one picture at a time: styles can be large photos
+                cached = torch.cat([self.encode_style(style.image[i:i + 1].to(self.device), content.padded_size,
+                                                      style.scale).tokens for i in range(style.image.shape[0])])
             style.by_grid[content.grid] = cached if cache_device is None else cached.to(cache_device)
         return cached.to(self.device)
 

@@ -7,18 +7,21 @@ The all-in-one path of the ComfyUI pack and of scripts; the staged nodes call th
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import torch
 
 from .colour import keep_content_colour, match_colour
 from .features import fuse_with_strength, smooth_over_time
-from .imaging import resize, resize_shorter_side
-from .masking import composite, prepare_mask
-from .model import MambaST, StyleEncoding, pair_batches
+from .imaging import padded_size, resize
+from .masking import composite, prepare_mask, shows_nothing
+from .model import MambaST, StyleEncoding, batch_item, pair_batches
+from .progress import replan
+from .resources import stylize_ticks
 from .shuffle import new_seed
-from .styles import StyleMix
-from .tiling import stylize_with_fallback
+from .styles import StyleMix, StyleSource, pending_style_images
+from .tiling import Region, run_in_tiles, tile_count, with_smaller_tiles_on_out_of_memory
 
 COLOUR_MODES = ("style", "keep content", "match style to content")
 
@@ -43,53 +46,61 @@ class Controls:
     def __post_init__(self):
         if self.colour not in COLOUR_MODES:
             raise ValueError(f"colour must be one of {', '.join(COLOUR_MODES)}; got {self.colour!r}.")
-        if self.tile and (self.strength != 1.0 or self.style_scale != 1.0 or self.temporal_smoothing
-                          or self.second_style_weight):
-            raise ValueError("tiles work with the plain stylization only: set strength 1, style scale 1, temporal "
-                             "smoothing 0 and no second style, or set the tile size to 0.")
+        if self.tile and (self.tile < 16 or self.tile % 8):
+            raise ValueError(f"tile size must be 0 (off) or a multiple of 8 of at least 16; got {self.tile}.")
         if self.processing_size < 0:
             raise ValueError(f"processing size must be 0 (keep the input size) or positive; "
                              f"got {self.processing_size}.")
+        if self.mask is not None:
+            if self.mask.dim() == 2:  # one (H, W) mask for every image
+                object.__setattr__(self, "mask", self.mask.unsqueeze(0))
+            if self.mask.dim() != 3:
+                raise ValueError(f"mask must be (H, W) or (B, H, W); got {tuple(self.mask.shape)}.")
 
 
 def stylize_images(model: MambaST, content: torch.Tensor, style: torch.Tensor | None,
                    controls: Controls = Controls(), second_style: torch.Tensor | None = None,
-                   image_done: Callable[[int], None] | None = None) -> torch.Tensor:
+                   image_done: Callable[[int], None] | None = None,
+                   release_memory: Callable[[], None] | None = None) -> torch.Tensor:
     """Content (B, 3, H, W) -> stylized (B, 3, H, W), unclamped, with ``controls`` applied.
 
-    One style image (encoded once) serves every content image, or styles pair one to one; all
-    images share the seed, and with temporal smoothing the batch is read as video frames.
+    One style image (encoded once per token grid) serves every content image, or styles pair
+    one to one; all images share the seed, and with temporal smoothing the batch is read as
+    video frames. Every run falls back to tiles, halved until they fit, on out-of-memory
+    (``release_memory`` frees the cache between attempts; see :mod:`mambast.tiling`).
     """
     if controls.seed is None:
         controls = dataclasses.replace(controls, seed=new_seed())  # one seed for every image
-    needs_style = controls.strength > 0
-    if needs_style:
-        if style is None:
-            raise ValueError("a style image is needed for a style strength above 0.")
-        pair_batches(content.shape[0], style.shape[0])
-        if controls.colour == "match style to content":
-            style = match_colour(style, content)
-    styles = None
-    outputs, previous = [], None
+    if controls.mask is not None and controls.mask.shape[0] not in (1, content.shape[0]):
+        raise ValueError(f"Cannot pair {content.shape[0]} content image(s) with {controls.mask.shape[0]} masks: give "
+                         "one mask (used for every image) or one mask per content image.")
+    styles = prepare_styles(content, style, second_style, controls)
+    outputs: list[torch.Tensor] = []
+    previous: dict[Region, torch.Tensor] = {}  # smoothed features of the last frame, by tile
+    tile = controls.tile  # once a run needed smaller tiles, the next images start with them
     for index in range(content.shape[0]):
         original = content[index:index + 1]
-        working = resize_shorter_side(original, controls.processing_size)
-        if controls.tile:
-            image = stylize_with_fallback(model, working, style[index if style.shape[0] > 1 else 0].unsqueeze(0),
-                                          tile=controls.tile, seed=controls.seed, shuffle=controls.shuffle)
-        else:
-            encoding = model.encode_content(working)
-            one_style = None
-            if needs_style:
-                if styles is None:
-                    styles = encode_styles(model, style, second_style, controls, encoding.padded_size)
-                tokens = model.style_on_grid(styles, encoding)
-                one_style = StyleEncoding(tokens[index if tokens.shape[0] > 1 else 0].unsqueeze(0), encoding.grid)
-            features = fuse_with_strength(model, encoding, working, one_style, controls.strength, controls.seed,
-                                          controls.shuffle)
-            features = smooth_over_time(features, controls.temporal_smoothing, previous)
-            previous = features
-            image = model.decode(features, encoding.image_size)
+        if masked_out(controls, index):  # nothing would show: no model work
+            outputs.append(original.float())
+            if image_done is not None:
+                image_done(index)
+            continue
+        working = resize(original, working_size(tuple(original.shape[-2:]), controls.processing_size))
+        size = tuple(working.shape[-2:])
+        if tile != controls.tile:
+            replan(_retry_ticks(model, size, styles, dataclasses.replace(controls, tile=tile)))
+
+        def attempt(tile: int) -> torch.Tensor:
+            return run_in_tiles(working, tile, functools.partial(_stylize_region, model, styles, index, controls,
+                                                                 previous))
+
+        def retry(smaller: int) -> None:
+            nonlocal tile
+            tile = smaller
+            replan(_retry_ticks(model, size, styles, dataclasses.replace(controls, tile=smaller)))
+
+        image = with_smaller_tiles_on_out_of_memory(attempt, tile, max(size), on_retry=retry,
+                                                    release_memory=release_memory)
         image = resize(image, tuple(original.shape[-2:]))
         outputs.append(finish(original, image.to(original.device), controls, index))
         if image_done is not None:
@@ -97,21 +108,98 @@ def stylize_images(model: MambaST, content: torch.Tensor, style: torch.Tensor | 
     return torch.cat(outputs)
 
 
-def encode_styles(model: MambaST, style: torch.Tensor, second_style: torch.Tensor | None, controls: Controls,
-                  size: tuple[int, int]) -> StyleEncoding | StyleMix:
-    """The style images encoded for a content of padded ``size``, one at a time, mixed with the
-    second style when one is given with a weight above 0."""
-    def encode(images: torch.Tensor) -> StyleEncoding:
-        tokens = torch.cat([model.encode_style(images[i:i + 1], size, controls.style_scale).tokens
-                            for i in range(images.shape[0])])
-        grid = (size[0] // model.config.patch_size, size[1] // model.config.patch_size)
-        return StyleEncoding(tokens, grid, images, {grid: tokens}, controls.style_scale)
-
-    first = encode(style)
+def prepare_styles(content: torch.Tensor, style: torch.Tensor | None, second_style: torch.Tensor | None,
+                   controls: Controls) -> StyleSource | None:
+    """The style pictures as a style source for :meth:`MambaST.style_on_grid` (not encoded yet:
+    each is encoded once per token grid it meets), or None at strength 0 (no style work)."""
+    if controls.strength <= 0:
+        return None
+    if style is None:
+        raise ValueError("a style image is needed for a style strength above 0.")
+    pair_batches(content.shape[0], style.shape[0])
+    if controls.colour == "match style to content":
+        style = match_colour(style, content)
+    first = StyleEncoding.from_images(style, controls.style_scale)
     if second_style is None or controls.second_style_weight == 0.0:
         return first
-    seed = controls.seed if controls.seed is not None else 0
-    return StyleMix(first, encode(second_style), controls.second_style_weight, seed)
+    second = StyleEncoding.from_images(second_style, controls.style_scale)
+    return StyleMix(first, second, controls.second_style_weight, controls.seed if controls.seed is not None else 0)
+
+
+def _stylize_region(model: MambaST, styles: StyleSource | None, index: int, controls: Controls,
+                    previous: dict[Region, torch.Tensor], image: torch.Tensor, region: Region) -> torch.Tensor:
+    """One content image, or one tile of it: encode, fuse with the controls, smooth, decode."""
+    encoding = model.encode_content(image)
+    one_style = None
+    if styles is not None:
+        tokens = model.style_on_grid(styles, encoding)
+        one_style = StyleEncoding(batch_item(tokens, index), encoding.grid)
+    features = fuse_with_strength(model, encoding, image, one_style, controls.strength, controls.seed,
+                                  controls.shuffle)
+    if controls.temporal_smoothing:
+        # Keyed by the tile's place: after a retry in smaller tiles the next frame starts afresh.
+        features = smooth_over_time(features, controls.temporal_smoothing, previous.get(region))
+        previous[region] = features
+    return model.decode(features, encoding.image_size)
+
+
+def image_ticks(model: MambaST, size: tuple[int, int], controls: Controls, style_images: int = 0) -> int:
+    """Progress ticks of stylizing one image of ``size`` (H, W, after ``processing_size``) with
+    ``controls``, encoding ``style_images`` style pictures on its (tiles') grid on the way."""
+    height, width = size
+    return stylize_ticks(model.config, height, width, model.scan_backend, controls.tile, controls.strength,
+                         style_images)
+
+
+def masked_out(controls: Controls, index: int) -> bool:
+    """Whether image ``index``'s mask shows none of the stylization (the image is kept as is)."""
+    mask = batch_item(controls.mask, index)
+    return mask is not None and shows_nothing(mask, controls.invert_mask)
+
+
+def batch_ticks(model: MambaST, size: tuple[int, int], batch: int, controls: Controls,
+                style: torch.Tensor | None, second_style: torch.Tensor | None = None) -> list[int]:
+    """The ticks :func:`stylize_images` will take for each image of a batch of ``size`` (H, W,
+    after ``processing_size``): the first image that is stylized also encodes the style
+    pictures; an image its mask hides entirely takes none."""
+    style_images = 0
+    if controls.strength > 0 and style is not None:
+        style_images = style.shape[0]
+        if second_style is not None and controls.second_style_weight > 0:
+            style_images += second_style.shape[0]
+    planned = []
+    for index in range(batch):
+        if masked_out(controls, index):
+            planned.append(0)
+        else:
+            planned.append(image_ticks(model, size, controls, style_images))
+            style_images = 0
+    return planned
+
+
+def _retry_ticks(model: MambaST, size: tuple[int, int], styles: StyleSource | None, controls: Controls) -> int:
+    """Ticks of an image started over with ``controls.tile``, counting the style pictures not
+    yet encoded on the new tiles' grid."""
+    _, tile_h, tile_w = tile_count(*size, controls.tile)
+    patch = model.config.patch_size
+    grid = tuple(side // patch for side in padded_size(tile_h, tile_w, patch))
+    return image_ticks(model, size, controls, pending_style_images(styles, grid) if styles is not None else 0)
+
+
+def working_size(size: tuple[int, int], processing_size: int, minimum: int = 8) -> tuple[int, int]:
+    """(H, W) at which a content of ``size`` is stylized: the shorter side brought down to
+    ``processing_size`` (0: kept), never enlarged beyond the ``minimum`` the model needs.
+
+    Enlarging would only cost time: a 4 x 4 picture worked at 512 px took minutes and came back
+    4 x 4. The result is resized back to ``size`` in every case.
+    """
+    height, width = size
+    shorter = min(height, width)
+    target = max(min(shorter, processing_size) if processing_size > 0 else shorter, minimum)
+    if target == shorter:
+        return height, width
+    scale = target / shorter
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def finish(content: torch.Tensor, stylized: torch.Tensor, controls: Controls, index: int = 0) -> torch.Tensor:
@@ -125,7 +213,7 @@ def finish(content: torch.Tensor, stylized: torch.Tensor, controls: Controls, in
     if controls.colour == "keep content":
         stylized = keep_content_colour(content, stylized).clamp(0.0, 1.0)
     if controls.mask is not None:
-        mask = controls.mask[min(index, controls.mask.shape[0] - 1)].unsqueeze(0)
+        mask = batch_item(controls.mask, index)
         weights = prepare_mask(mask, tuple(stylized.shape[-2:]), controls.feather, controls.invert_mask)
         stylized = composite(content, stylized, weights)
     return stylized

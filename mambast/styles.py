@@ -6,6 +6,7 @@ content's grid; these helpers decide which picture fills that grid.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import TYPE_CHECKING, Union
 
@@ -14,6 +15,35 @@ import torch
 from .imaging import reflect_to_size, resize
 
 MIN_SCALE, MAX_SCALE = 0.125, 8.0
+# Token grids kept per style: a batch of frames uses one, an artist trying sizes a few more. Each
+# entry is a whole encoded style (L x 512 floats, 128 MiB at 4096 px), so the cache stays small.
+MAX_CACHED_GRIDS = 4
+
+
+class GridCache(collections.OrderedDict):
+    """Style tokens by token grid, least recently used dropped beyond ``MAX_CACHED_GRIDS``."""
+
+    def __init__(self, *args, limit: int = MAX_CACHED_GRIDS, **kwargs):
+        self.limit = limit
+        super().__init__(*args, **kwargs)
+
+    def get(self, grid, default=None):
+        if grid in self:
+            self.move_to_end(grid)
+            return self[grid]
+        return default
+
+    def __setitem__(self, grid, tokens) -> None:
+        super().__setitem__(grid, tokens)
+        self.move_to_end(grid)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+def check_scale(scale: float) -> None:
+    """Raise a ValueError unless ``scale`` is a relative style size the controls offer."""
+    if not MIN_SCALE <= scale <= MAX_SCALE:
+        raise ValueError(f"style scale must be between {MIN_SCALE} and {MAX_SCALE}; got {scale}.")
 
 
 def fit_style_image(image: torch.Tensor, size: tuple[int, int], scale: float = 1.0) -> torch.Tensor:
@@ -23,8 +53,7 @@ def fit_style_image(image: torch.Tensor, size: tuple[int, int], scale: float = 1
     size). Above 1 the style is enlarged ``scale`` times and its centre cropped: bigger strokes.
     Below 1 it is shrunk and repeated with mirrored copies: smaller strokes, more of them.
     """
-    if not MIN_SCALE <= scale <= MAX_SCALE:
-        raise ValueError(f"style scale must be between {MIN_SCALE} and {MAX_SCALE}; got {scale}.")
+    check_scale(scale)
     height, width = size
     if scale == 1.0:
         return resize(image, size)
@@ -49,7 +78,7 @@ class StyleMix:
     second: "StyleSource"
     weight: float
     seed: int = 0
-    by_grid: dict[tuple[int, int], torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
+    by_grid: GridCache = dataclasses.field(default_factory=GridCache, repr=False)
 
     def __post_init__(self):
         if not 0.0 <= self.weight <= 1.0:
@@ -62,6 +91,17 @@ class StyleMix:
     @property
     def batch_size(self) -> int:
         return max(self.first.batch_size, self.second.batch_size)
+
+
+def pending_style_images(style: "StyleSource", grid: tuple[int, int]) -> int:
+    """How many style images :meth:`MambaST.style_on_grid` still has to encode for ``grid``."""
+    if style.by_grid.get(grid) is not None:
+        return 0
+    if isinstance(style, StyleMix):
+        return pending_style_images(style.first, grid) + pending_style_images(style.second, grid)
+    if style.tokens is not None and style.grid == grid:
+        return 0
+    return style.batch_size
 
 
 def mix_tokens(first: torch.Tensor, second: torch.Tensor, weight: float, seed: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ which is what tiling avoids.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -97,53 +97,83 @@ def _check_tile(tile: int, overlap: int) -> None:
         raise ValueError(f"tile overlap {overlap} must be between 1 and a quarter of the tile ({tile // 4}).")
 
 
+Region = tuple[int, int, int, int]  # top, left, height, width of a tile, in pixels
+RegionWork = Callable[[torch.Tensor, Region], torch.Tensor]
+
+
+def tile_count(height: int, width: int, tile: int, overlap: int | None = None) -> tuple[int, int, int]:
+    """How many tiles :func:`run_in_tiles` cuts an H x W image into, and their (height, width);
+    ``tile`` 0 is one tile of the whole image."""
+    if tile <= 0:
+        return 1, height, width
+    overlap = default_overlap(tile) if overlap is None else int(overlap)
+    tile_h, tile_w = min(tile, height), min(tile, width)
+    return len(tile_starts(height, tile_h, overlap)) * len(tile_starts(width, tile_w, overlap)), tile_h, tile_w
+
+
+def run_in_tiles(image: torch.Tensor, tile: int, work: RegionWork, overlap: int | None = None,
+                 on_tile: TileCallback | None = None) -> torch.Tensor:
+    """``work(crop, region)`` on overlapping ``tile`` x ``tile`` crops of ``image``, cross-faded.
+
+    image: (B, C, H, W); ``work`` returns the crop's (B, 3, h, w) result. ``tile`` 0, or a tile
+    covering the image, calls ``work`` once on the whole image, so that result is exactly the
+    untiled one. ``on_tile(done, total)`` follows each tile. Returns (B, 3, H, W) float32 on the
+    image's device.
+    """
+    height, width = image.shape[-2:]
+    if tile > 0:
+        overlap = default_overlap(tile) if overlap is None else int(overlap)
+        _check_tile(tile, overlap)
+    total, tile_h, tile_w = tile_count(height, width, tile, overlap)
+    if total == 1:
+        result = work(image, (0, 0, height, width)).to(image.device)
+        if on_tile is not None:
+            on_tile(1, 1)
+        return result
+    rows, columns = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
+    row_weights, column_weights = blend_weights(height, tile_h, overlap), blend_weights(width, tile_w, overlap)
+    output = torch.zeros(image.shape[0], 3, height, width, dtype=torch.float32, device=image.device)
+    done = 0
+    for top, row_weight in zip(rows, row_weights):
+        for left, column_weight in zip(columns, column_weights):
+            region = (top, left, tile_h, tile_w)
+            stylized = work(image[..., top: top + tile_h, left: left + tile_w], region).to(image.device)
+            weight = (row_weight[:, None] * column_weight[None, :]).to(image.device)
+            output[..., top: top + tile_h, left: left + tile_w].addcmul_(stylized, weight)
+            del stylized
+            done += 1
+            if on_tile is not None:
+                on_tile(done, total)
+    return output
+
+
 def stylize_tiled(model: MambaST, content: torch.Tensor, style: torch.Tensor, tile: int,
                   overlap: int | None = None, seed: int | None = None, shuffle: bool = True,
                   on_tile: TileCallback | None = None) -> torch.Tensor:
     """:meth:`MambaST.stylize` in overlapping tiles of ``tile`` x ``tile`` pixels.
 
     content: (B, 3, H, W) float in 0..1, any size; style: (1 or B, 3, H', W'). ``tile``: pixels,
-    a multiple of 8; ``overlap`` (default :func:`default_overlap`) at most a quarter of it. When
-    one tile covers the image the result is exactly ``model.stylize``'s. The style is encoded
-    once, resized to the tile (see the module docstring), and every tile uses the same seed and so
-    the same permutations; ``seed=None`` draws one, kept in ``model.last_seed``. ``on_tile(done,
-    total)`` is called after each tile (progress bars; it may raise to cancel). Returns
-    (B, 3, H, W) float32 on the content's device, unclamped.
+    a multiple of 8 (0: the whole image); ``overlap`` (default :func:`default_overlap`) at most
+    a quarter of it. When one tile covers the image the result is exactly ``model.stylize``'s.
+    The style is encoded once, resized to the tile (see the module docstring), and every tile
+    uses the same seed and so the same permutations; ``seed=None`` draws one, kept in
+    ``model.last_seed``. ``on_tile(done, total)`` is called after each tile (progress bars; it
+    may raise to cancel). Returns (B, 3, H, W) float32 on the content's device, unclamped.
     """
-    overlap = default_overlap(tile) if overlap is None else int(overlap)
-    _check_tile(tile, overlap)
     check_image(content, "content")
-    check_image(style, "style")
+    check_image(style, "style", minimum=1)
     if shuffle and seed is None:
         seed = new_seed()
-    height, width = content.shape[-2:]
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    rows, columns = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
-    total = len(rows) * len(columns)
-    if total == 1:
-        result = model.stylize(content, style, seed=seed, shuffle=shuffle)
-        if on_tile is not None:
-            on_tile(1, 1)
-        return result.to(content.device)
+    encoded: dict[str, object] = {}
 
-    first = model.encode_content(content[..., :tile_h, :tile_w])
-    style_encoding = model.encode_style(style, first.padded_size)
-    row_weights, column_weights = blend_weights(height, tile_h, overlap), blend_weights(width, tile_w, overlap)
-    output = torch.zeros(content.shape[0], 3, height, width, dtype=torch.float32, device=content.device)
-    done = 0
-    for top, row_weight in zip(rows, row_weights):
-        for left, column_weight in zip(columns, column_weights):
-            encoding = first if done == 0 else model.encode_content(
-                content[..., top: top + tile_h, left: left + tile_w])
-            features = model.fuse(encoding, style_encoding, seed=seed, shuffle=shuffle)
-            stylized = model.decode(features, encoding.image_size).to(content.device)
-            weight = (row_weight[:, None] * column_weight[None, :]).to(content.device)
-            output[..., top: top + tile_h, left: left + tile_w].addcmul_(stylized, weight)
-            del encoding, features, stylized
-            done += 1
-            if on_tile is not None:
-                on_tile(done, total)
-    return output
+    def stylize_region(crop: torch.Tensor, region: Region) -> torch.Tensor:
+        encoding = model.encode_content(crop)
+        if "style" not in encoded:  # every tile has the same grid: one encoding serves them all
+            encoded["style"] = model.encode_style(style, encoding.padded_size)
+        features = model.fuse(encoding, encoded["style"], seed=seed, shuffle=shuffle)
+        return model.decode(features, encoding.image_size)
+
+    return run_in_tiles(content, tile, stylize_region, overlap, on_tile)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -154,7 +184,8 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-def _release_cached_memory() -> None:
+def release_cached_memory() -> None:
+    """Hand the accelerators' cached blocks back (hosts with a memory manager pass their own)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     mps = getattr(torch, "mps", None)
@@ -162,35 +193,46 @@ def _release_cached_memory() -> None:
         mps.empty_cache()
 
 
-def stylize_with_fallback(model: MambaST, content: torch.Tensor, style: torch.Tensor, tile: int = 0,
-                          overlap: int | None = None, seed: int | None = None, shuffle: bool = True,
-                          on_tile: TileCallback | None = None, minimum_tile: int = MINIMUM_TILE,
-                          on_retry: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Stylize untiled (``tile=0``) or in tiles, retrying with half the tile on out-of-memory.
+Result = TypeVar("Result")
+
+
+def with_smaller_tiles_on_out_of_memory(attempt: Callable[[int], Result], tile: int, longer_side: int,
+                                        minimum_tile: int = MINIMUM_TILE,
+                                        on_retry: Callable[[int], None] | None = None,
+                                        release_memory: Callable[[], None] | None = None) -> Result:
+    """``attempt(tile)``, retried with half the tile on out-of-memory until it fits.
 
     The pattern of ComfyUI's upscale-model node: an out-of-memory error frees the cache and starts
-    again with tiles half as large (an untiled run first falls back to half the image's longer
-    side), down to ``minimum_tile`` pixels, below which the error is raised. ``on_retry(tile)`` is
-    told each new tile size. The seed is drawn once, so a retry gives the same style shuffle.
+    again with tiles half as large (an untiled run, ``tile`` 0, first falls back to half the
+    image's ``longer_side``), down to ``minimum_tile`` pixels, below which the error is raised.
+    ``on_retry(tile)`` is told each new tile size; ``release_memory`` (default
+    :func:`release_cached_memory`) frees the cache between attempts.
     """
-    if shuffle and seed is None:
-        seed = new_seed()
     while True:
         try:
-            if tile <= 0:
-                result = model.stylize(content, style, seed=seed, shuffle=shuffle)
-                if on_tile is not None:
-                    on_tile(1, 1)
-                return result
-            return stylize_tiled(model, content, style, tile, overlap=overlap, seed=seed, shuffle=shuffle,
-                                 on_tile=on_tile)
+            return attempt(tile)
         except Exception as error:  # noqa: BLE001 - only out-of-memory errors are retried
-            current = tile if tile > 0 else max(content.shape[-2:])
+            current = tile if tile > 0 else longer_side
             smaller = (current // 2) // 8 * 8
             if not is_out_of_memory(error) or smaller < minimum_tile:
                 raise
         # Outside the except block, so that the failed attempt's tensors are no longer referenced.
-        _release_cached_memory()
+        (release_memory or release_cached_memory)()
         tile = smaller
         if on_retry is not None:
             on_retry(tile)
+
+
+def stylize_with_fallback(model: MambaST, content: torch.Tensor, style: torch.Tensor, tile: int = 0,
+                          overlap: int | None = None, seed: int | None = None, shuffle: bool = True,
+                          on_tile: TileCallback | None = None, minimum_tile: int = MINIMUM_TILE,
+                          on_retry: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Stylize untiled (``tile=0``) or in tiles, retrying with half the tile on out-of-memory
+    (see :func:`with_smaller_tiles_on_out_of_memory`). The seed is drawn once, so a retry gives
+    the same style shuffle."""
+    if shuffle and seed is None:
+        seed = new_seed()
+    return with_smaller_tiles_on_out_of_memory(
+        lambda size: stylize_tiled(model, content, style, size, overlap=overlap, seed=seed, shuffle=shuffle,
+                                   on_tile=on_tile),
+        tile, max(content.shape[-2:]), minimum_tile, on_retry)

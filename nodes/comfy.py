@@ -6,6 +6,7 @@ logic can be tested with small fakes of ``folder_paths`` and ``comfy.*``.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -16,10 +17,11 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
-from ..mambast.checkpoint import PICKLE_SUFFIXES, missing_weights_message
+from ..mambast.checkpoint import PICKLE_SUFFIXES, WEIGHTS_SUFFIXES, WEIGHTS_URL, missing_weights_message
 
 FOLDER = "mambast"
-EXTENSIONS = {".safetensors", ".sft", *PICKLE_SUFFIXES}
+LOGGER = logging.getLogger("ComfyUI-MambaST")
+EXTENSIONS = set(WEIGHTS_SUFFIXES)
 
 
 def register_model_folder() -> None:
@@ -30,6 +32,11 @@ def register_model_folder() -> None:
     if default not in paths:
         paths.append(default)
     folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))
+
+
+def input_directory() -> str:
+    """ComfyUI's input folder, where LoadImage and LoadVideo look."""
+    return folder_paths.get_input_directory()
 
 
 def model_folders() -> list[str]:
@@ -49,26 +56,63 @@ def list_checkpoints() -> list[str]:
     choices: set[str] = set()
     for name in files:
         folder, _, base = name.replace("\\", "/").rpartition("/")
-        if os.path.splitext(base)[1] in PICKLE_SUFFIXES and folder:
+        if os.path.splitext(base)[1].lower() in PICKLE_SUFFIXES and folder:
             choices.add(folder + "/")  # a folder of official .pth files
         else:
-            choices.add(name)
+            choices.add(name.replace("\\", "/"))
     return sorted(choices)
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies under ``folder`` once both are made absolute and normalised."""
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
 def resolve_checkpoint(name: str) -> str:
-    """The path of a loader choice; a ValueError naming the folders searched if it is gone."""
-    if name.endswith("/"):
-        for base in model_folders():
-            candidate = os.path.join(base, name.rstrip("/"))
-            if os.path.isdir(candidate):
-                return candidate
-    else:
-        path = folder_paths.get_full_path(FOLDER, name)
-        if path:
-            return path
-    wanted = f"'{name}' is not in the {FOLDER} model folder. " if name else ""
-    raise ValueError(wanted + missing_weights_message(model_folders()))
+    """The path of a loader choice. Only names the model folders offer are accepted.
+
+    The name comes from a request (the graph, the status route), so it is checked against what
+    :func:`list_checkpoints` lists and then resolved inside a model folder; anything else, an
+    absolute path, ``..``, a file of another type, raises a ValueError that names only what the
+    folders hold.
+    """
+    offered = list_checkpoints()
+    if isinstance(name, str) and name in offered:
+        if name.endswith("/"):
+            for base in model_folders():
+                candidate = os.path.join(base, name.rstrip("/"))
+                if _inside(candidate, base) and os.path.isdir(candidate):
+                    return candidate
+        else:
+            path = folder_paths.get_full_path(FOLDER, name)
+            if path and any(_inside(path, base) for base in model_folders()):
+                return path
+    raise UnknownCheckpoint(name, offered)
+
+
+class UnknownCheckpoint(ValueError):
+    """A loader choice the model folders do not offer; says which, and what they hold."""
+
+    def __init__(self, name: object, offered: list[str]):
+        self.name = name if isinstance(name, str) and len(name) <= 200 else f"{str(name)[:200]}..."
+        self.offered = offered
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        if not self.offered:
+            return missing_weights_message(model_folders())
+        return (f"checkpoint: {self.name!r} is not in the {FOLDER} model folder. It holds: {', '.join(self.offered)}. "
+                "Pick one of these in the MambaST Loader (press r in ComfyUI to refresh the list after adding "
+                f"files). Weights go in {', '.join(model_folders()) or 'models/' + FOLDER}; get the official ones "
+                f"from {WEIGHTS_URL}.")
+
+    def short(self) -> str:
+        """The essential part, for the loader's status line."""
+        if not self.offered:
+            return f"no weights in models/{FOLDER}: put the official files in a sub-folder there"
+        shown = ", ".join(self.offered[:4]) + (", ..." if len(self.offered) > 4 else "")
+        return f"{self.name!r} is not in models/{FOLDER}, which has {shown}"
 
 
 def load_device() -> torch.device:
@@ -81,15 +125,6 @@ def offload_device() -> torch.device:
 
 def intermediate_device() -> torch.device:
     return model_management.intermediate_device()
-
-
-def preferred_half_dtype(device: torch.device) -> torch.dtype:
-    """ComfyUI's choice of dense-layer dtype for ``device`` (float32 where halves do not pay)."""
-    if model_management.should_use_bf16(device):
-        return torch.bfloat16
-    if model_management.should_use_fp16(device):
-        return torch.float16
-    return torch.float32
 
 
 class _Managed(torch.nn.Module):
@@ -125,5 +160,30 @@ def progress_bar(total: int) -> Any:
     return comfy.utils.ProgressBar(total)
 
 
-def out_of_memory_errors() -> tuple[type[BaseException], ...]:
-    return (model_management.OOM_EXCEPTION,)
+def warn_on_node(text: str) -> None:
+    """A warning in the log and, while a node runs, as text on that node in the frontend."""
+    LOGGER.warning("MambaST: %s", text)
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+
+        context = get_executing_context()
+        if context is not None and PromptServer.instance is not None:
+            PromptServer.instance.send_progress_text(text, context.node_id)
+    except Exception:  # an older ComfyUI, or no server (scripts): the log has it
+        pass
+
+
+def free_cache() -> None:
+    """Hand cached accelerator memory back, the way ComfyUI does between runs."""
+    model_management.soft_empty_cache()
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` (for the CPU: the system's available memory)."""
+    return int(model_management.get_free_memory(device))
+
+
+def repeat_to_batch_size(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """ComfyUI's rule for a batch shorter than another: its items are cycled."""
+    return comfy.utils.repeat_to_batch_size(tensor, batch)

@@ -17,7 +17,8 @@ MambaSTFeatures = io.Custom("MAMBAST_FEATURES")
 
 
 def _schema(**fields) -> io.Schema:
-    # search_aliases only exists in newer ComfyUI versions.
+    # search_aliases only exists in newer ComfyUI versions; older frontends (1.27, ComfyUI 0.3.64)
+    # search node ids and display names only, so the display names carry the words too.
     aliases = fields.pop("search_aliases", None)
     if aliases and "search_aliases" in getattr(io.Schema, "__dataclass_fields__", {}):
         fields["search_aliases"] = aliases
@@ -74,7 +75,8 @@ class MambaSTLoader(io.ComfyNode):
                                        "in a sub-folder (e.g. models/mambast/official/)."),
                 io.Combo.Input("dtype", options=list(stages.DTYPE_CHOICES), default="auto",
                                tooltip="Precision of the dense layers; the selective scan always runs in float32. "
-                                       "auto: half precision where the device profits from it."),
+                                       "auto: float32 (half precision changes the picture and was not faster "
+                                       "for single images); float16 or bfloat16 save memory."),
                 io.Combo.Input("scan", options=list(stages.SCAN_CHOICES), default="auto",
                                tooltip="Selective-scan backend. auto: on a GPU the mamba_ssm kernel when installed, "
                                        "else our Triton kernel; elsewhere the built-in chunked scan. "
@@ -110,8 +112,9 @@ class MambaSTEncodeStyle(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return _schema(
             node_id="MambaSTEncodeStyle", display_name="MambaST Encode Style",
-            description="Encodes the style image(s) with Mamba-ST's style encoder. Reuse one encoding for a "
-                        "whole batch of content frames; it is fitted to each content size once and cached.",
+            description="The style image(s) for Mamba-ST's style encoder. The style is encoded when it is fused, "
+                        "on the content's token grid (the size it is used at), once per content size, and reused "
+                        "for a whole batch of content frames.",
             inputs=[_model_input(),
                     io.Image.Input("image", tooltip="The painting or texture whose look to transfer. One image "
                                                     "styles every content image; or give one per content image."),
@@ -170,7 +173,7 @@ class MambaSTStylize(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return _schema(
-            node_id="MambaSTStylize", display_name="MambaST Stylize",
+            node_id="MambaSTStylize", display_name="MambaST Stylize (Style Transfer)",
             description="Paints the content image(s) in the style of the style image: encode, fuse and decode "
                         "in one node, with every artist control. Same result as the staged nodes for the same "
                         "seed and settings.",
@@ -181,9 +184,10 @@ class MambaSTStylize(io.ComfyNode):
                                    tooltip="The style: one image for all contents, or one per content."),
                     _seed_input(), _shuffle_input(),
                     io.Int.Input("processing_size", default=512, min=0, max=16384, step=8,
-                                 tooltip="Shorter side, in pixels, at which the model works; the result is "
-                                         "resized back to the content's size. Larger gives finer brush strokes "
-                                         "relative to the picture. 0 works at the input size."),
+                                 tooltip="Shorter side, in pixels, at which the model works on larger images; "
+                                         "the result is resized back to the content's size. Larger gives finer "
+                                         "brush strokes relative to the picture. Smaller images are never "
+                                         "enlarged (beyond the 8 px the model needs). 0 works at the input size."),
                     _strength_input(), _style_scale_input(),
                     io.Combo.Input("colour", options=list(stages.COLOUR_MODES), default="style",
                                    tooltip="style: the style's colours. keep content: the style's strokes and "
@@ -204,9 +208,8 @@ class MambaSTStylize(io.ComfyNode):
                                            "the second."),
                     io.Int.Input("tile_size", default=0, min=0, max=8192, step=8, optional=True,
                                  tooltip="For very large images or little memory: stylize in overlapping tiles "
-                                         "of this many pixels, blended without seams (halved automatically on "
-                                         "out-of-memory). 0 works on the whole image. Works with strength 1, "
-                                         "style scale 1, no second style, no temporal smoothing.")],
+                                         "of this many pixels, blended without seams. 0 works on the whole image "
+                                         "and falls back to tiles by itself when memory runs out.")],
             outputs=[io.Image.Output(display_name="image")],
         )
 

@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
 from ..mambast import MambaST, load, pair_batches
+from ..mambast.checkpoint import DTYPES
 from ..mambast.colour import match_colour
 from ..mambast.features import fuse_with_strength, smooth_over_time
-from ..mambast.imaging import resize_shorter_side
-from ..mambast.model import ContentEncoding, StyleEncoding
-from ..mambast.pipeline import COLOUR_MODES, Controls, finish, stylize_images
-from ..mambast.styles import StyleMix
-from ..mambast.progress import progress_callback
-from ..mambast.resources import activation_bytes, progress_ticks
+from ..mambast.imaging import check_image
+from ..mambast.masking import shows_nothing
+from ..mambast.model import ContentEncoding, StyleEncoding, batch_item
+from ..mambast.pipeline import COLOUR_MODES, Controls, batch_ticks, finish, stylize_images, working_size
+from ..mambast.progress import ProgressTracker, progress_callback
+from ..mambast.resources import activation_bytes, decode_ticks, encode_ticks, fuse_ticks, tile_to_fit
+from ..mambast.scan import CHOICES as SCAN_BACKEND_CHOICES
+from ..mambast.styles import StyleMix, pending_style_images
+from ..mambast.tiling import is_out_of_memory
 from . import comfy as host
-from .layout import join_image, pick, split_image
+from .layout import join_image, normalise_mask, split_image
 
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
-SCAN_CHOICES = ("auto", "chunked", "triton", "reference", "mamba_ssm")
+DTYPE_CHOICES = ("auto", *DTYPES)
+SCAN_CHOICES = SCAN_BACKEND_CHOICES
 
 
 @dataclasses.dataclass
@@ -76,41 +80,51 @@ def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
         raise ValueError(f"{name}: {value!r} is not one of {', '.join(choices)}.")
 
 
+def dense_dtype(choice: str) -> torch.dtype:
+    """The dense layers' dtype for a loader choice. ``auto`` is float32 on every device: half
+    precision changed the picture visibly (bfloat16: up to 0.08 max abs at 512 px) and was not
+    faster for single images in the measurements in the README; the halves stay a choice."""
+    return torch.float32 if choice == "auto" else DTYPES[choice]
+
+
 def load_model(checkpoint: str, dtype: str = "auto", scan: str = "auto") -> LoadedModel:
     """MambaSTLoader: read the weights on the offload device and wrap them for ComfyUI."""
     _check_choice(dtype, DTYPE_CHOICES, "dtype")
     _check_choice(scan, SCAN_CHOICES, "scan backend")
     path = host.resolve_checkpoint(checkpoint)
-    dense_dtype = host.preferred_half_dtype(host.load_device()) if dtype == "auto" else getattr(torch, dtype)
-    model = load(path, device=host.offload_device(), dtype=dense_dtype, scan=scan)
+    model = load(path, device=host.offload_device(), dtype=dense_dtype(dtype), scan=scan)
     return LoadedModel(host.wrap_model(model), checkpoint, model)
 
 
 @contextlib.contextmanager
-def _running(loaded: LoadedModel, images: int, height: int, width: int,
-             **stages: bool) -> Iterator[Callable[[int], None]]:
-    """Load the model for ``images`` images of H x W; yields ``image_done(index)``.
+def _running(loaded: LoadedModel, planned: list[int], height: int, width: int,
+             what: str) -> Iterator[ProgressTracker]:
+    """Load the model for images of H x W (or tiles of that size) and track ``planned`` ticks.
 
-    Inside, every progress tick of the model checks ComfyUI's Cancel and moves the bar.
+    Inside, every progress tick of the model checks ComfyUI's Cancel and moves the bar, whose
+    total is what the run really does (see :class:`ProgressTracker`). An out-of-memory error
+    that escapes (the tiled fallback could not help) frees ComfyUI's cache and says what to do.
     """
     model = loaded.model
-    host.load_for_inference(loaded.patcher, activation_bytes(model.config, height, width))
-    per_image = max(1, progress_ticks(model.config, height, width, **stages))
-    bar = host.progress_bar(images * per_image)
-    position = {"image": 0, "ticks": 0}
+    host.load_for_inference(loaded.patcher, activation_bytes(model.config, height, width,
+                                                             device_type=host.load_device().type, dtype=model.dtype))
+    bar = host.progress_bar(max(1, sum(planned)))
+    tracker = ProgressTracker(planned, lambda done, total: bar.update_absolute(done, max(1, total)))
 
     def on_tick() -> None:
         host.throw_if_interrupted()
-        position["ticks"] = min(position["ticks"] + 1, per_image - 1)
-        bar.update_absolute(position["image"] * per_image + position["ticks"])
+        tracker.tick()
 
-    def image_done(index: int) -> None:
-        position["image"], position["ticks"] = index + 1, 0
-        bar.update_absolute((index + 1) * per_image)
-        host.throw_if_interrupted()
-
-    with progress_callback(on_tick), torch.inference_mode():
-        yield image_done
+    try:
+        with progress_callback(on_tick, tracker.replan), torch.inference_mode():
+            yield tracker
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        host.free_cache()
+        raise MemoryError(f"Out of memory while {what} a {width}x{height} image on {model.device}. Use "
+                          "MambaST Stylize with a tile_size (e.g. 512), a smaller processing_size, or smaller "
+                          "images; ComfyUI's cache was freed.") from None
 
 
 def _to(encoding: ContentEncoding, device: torch.device) -> ContentEncoding:
@@ -120,32 +134,29 @@ def _to(encoding: ContentEncoding, device: torch.device) -> ContentEncoding:
 def encode_content(loaded: LoadedModel, image: torch.Tensor) -> ContentPayload:
     """MambaSTEncodeContent: IMAGE -> content encodings, one image at a time."""
     rgb, alpha = split_image(image, "content image")
+    check_image(rgb, "content")
     model, storage = loaded.model, host.intermediate_device()
+    height, width = rgb.shape[-2:]
+    planned = [encode_ticks(model.config, height, width, model.scan_backend)] * rgb.shape[0]
     encodings = []
-    with _running(loaded, rgb.shape[0], *rgb.shape[-2:], style=False, fuse=False, decode=False) as image_done:
+    with _running(loaded, planned, height, width, "encoding") as tracker:
         for index in range(rgb.shape[0]):
             encodings.append(_to(model.encode_content(rgb[index:index + 1]), storage))
-            image_done(index)
+            tracker.image_done()
     tokens = torch.cat([e.tokens for e in encodings])
     return ContentPayload(dataclasses.replace(encodings[0], tokens=tokens), rgb.to(storage), alpha)
 
 
 def encode_style(loaded: LoadedModel, image: torch.Tensor, style_scale: float = 1.0) -> StyleEncoding:
-    """MambaSTEncodeStyle: IMAGE -> style encodings at the style's own size.
+    """MambaSTEncodeStyle: IMAGE -> a style, encoded when it is fused, on each content's grid.
 
-    The image is kept (on ComfyUI's intermediate device) so the fuse stage can re-encode the
-    style on a content's token grid; such encodings are cached in the returned object.
+    The MSTD pairs style tokens with content tokens, so a style is only useful on a content's
+    token grid: encoding it here at its own size (a 6000 px photo, say) would cost time and
+    memory for tokens nobody uses. The encodings made on content grids are cached in the style
+    (a few grids): a batch of frames, and later runs with other seeds, encode it once.
     """
     rgb, _ = split_image(image, "style image")
-    model, storage = loaded.model, host.intermediate_device()
-    encodings = []
-    with _running(loaded, rgb.shape[0], *rgb.shape[-2:], content=False, fuse=False, decode=False) as image_done:
-        for index in range(rgb.shape[0]):
-            encodings.append(model.encode_style(rgb[index:index + 1], scale=style_scale))
-            image_done(index)
-    tokens = torch.cat([e.tokens for e in encodings]).to(storage)
-    grid = encodings[0].grid
-    return StyleEncoding(tokens, grid, rgb.to(storage), {grid: tokens}, style_scale)
+    return StyleEncoding.from_images(rgb.to(host.intermediate_device()), style_scale)
 
 
 def blend_styles(first: StyleEncoding | StyleMix, second: StyleEncoding | StyleMix, weight: float,
@@ -165,19 +176,23 @@ def fuse(loaded: LoadedModel, content: ContentPayload, style: StyleEncoding | St
         pair_batches(count, style.batch_size)
     model, storage = loaded.model, host.intermediate_device()
     height, width = encoding.image_size
+    backend = model.scan_backend
+    pending = pending_style_images(style, encoding.grid) if strength > 0 else 0
+    per_image = fuse_ticks(model.config, height, width, backend, strength)
+    planned = [per_image + pending * encode_ticks(model.config, height, width, backend)] + [per_image] * (count - 1)
     features, previous = [], None
-    with _running(loaded, count, height, width, content=False, style=strength < 1, decode=False) as image_done:
-        # Re-encodings for a new grid are cached in the style object on the intermediate
-        # device: a batch of frames, and later runs with other seeds, encode the style once.
+    with _running(loaded, planned, height, width, "fusing") as tracker:
+        # Encodings for a new grid are cached in the style object on the intermediate device: a
+        # batch of frames, and later runs with other seeds, encode the style once.
         style_tokens = model.style_on_grid(style, encoding, cache_device=storage) if strength > 0 else None
         for index in range(count):
-            one_content = dataclasses.replace(encoding, tokens=pick(encoding.tokens, index).to(model.device))
-            one_style = StyleEncoding(pick(style_tokens, index), encoding.grid) if strength > 0 else None
-            image = pick(content.image, index).to(model.device)
+            one_content = dataclasses.replace(encoding, tokens=batch_item(encoding.tokens, index).to(model.device))
+            one_style = StyleEncoding(batch_item(style_tokens, index), encoding.grid) if strength > 0 else None
+            image = batch_item(content.image, index).to(model.device)
             fused = fuse_with_strength(model, one_content, image, one_style, strength, seed, shuffle)
             previous = smooth_over_time(fused, temporal_smoothing, previous)
             features.append(previous.to(storage))
-            image_done(index)
+            tracker.image_done()
     return FeaturesPayload(torch.cat(features), encoding.image_size, content.alpha)
 
 
@@ -186,10 +201,10 @@ def decode(loaded: LoadedModel, features: FeaturesPayload) -> torch.Tensor:
     model, storage = loaded.model, host.intermediate_device()
     count = features.features.shape[0]
     images = []
-    with _running(loaded, count, *features.image_size, content=False, style=False, fuse=False) as image_done:
+    with _running(loaded, [decode_ticks(model.config)] * count, *features.image_size, "decoding") as tracker:
         for index in range(count):
             images.append(model.decode(features.features[index:index + 1], features.image_size).to(storage))
-            image_done(index)
+            tracker.image_done()
     return join_image(torch.cat(images), features.alpha)
 
 
@@ -202,25 +217,43 @@ def stylize(loaded: LoadedModel, content_image: torch.Tensor, style_image: torch
 
     ``processing_size`` > 0 resizes the content's shorter side to that many pixels for the
     model, and the result back to the content's size. ``tile_size`` > 0 works in overlapping
-    tiles (memory bounded by the tile; halved on out-of-memory).
+    tiles (memory bounded by the tile). Every run falls back to tiles, halved until they fit,
+    on out-of-memory; an image whose estimate exceeds the free memory is tiled from the start.
     """
     _check_choice(colour, COLOUR_MODES, "colour")
-    if tile_size and (tile_size < 16 or tile_size % 8):
-        raise ValueError(f"tile_size must be 0 (off) or a multiple of 8 of at least 16; got {tile_size}.")
     content_rgb, alpha = split_image(content_image, "content image")
     style_rgb = split_image(style_image, "style image")[0] if style_image is not None else None
     second_rgb = split_image(second_style, "second style image")[0] if second_style is not None else None
+    if mask is not None:
+        mask = normalise_mask(mask, content_rgb.shape[0], "mask", host.repeat_to_batch_size)
+        empty = [index + 1 for index in range(mask.shape[0]) if shows_nothing(mask[index], invert_mask)]
+        if empty:
+            where = "" if len(empty) == mask.shape[0] else f" for image(s) {', '.join(map(str, empty))} of the batch"
+            host.warn_on_node(f"The mask is empty{where}: nothing to stylize there, the content is returned "
+                              "unchanged. Paint the area to stylize (right-click the image > Open in MaskEditor), "
+                              "or disconnect the mask to stylize the whole image.")
+        if len(empty) == mask.shape[0]:
+            return join_image(content_rgb, alpha)
+    model, storage = loaded.model, host.intermediate_device()
+    height, width = working_size(tuple(content_rgb.shape[-2:]), processing_size)
+    if not tile_size and host.load_device().type == "cpu":
+        # Running out of memory cannot be caught on a CPU (the system ends the process), so the
+        # estimate decides beforehand; accelerators try, and fall back to tiles on the error.
+        tile_size = tile_to_fit(model.config, height, width, host.free_memory(host.load_device()))
+        if tile_size:
+            host.warn_on_node(f"a {width}x{height} image needs more memory than is free; working in "
+                              f"{tile_size} px tiles.")
     controls = Controls(seed=seed, shuffle=shuffle, strength=strength, style_scale=style_scale, colour=colour,
                         temporal_smoothing=temporal_smoothing, processing_size=processing_size,
                         second_style_weight=second_style_weight, mask=mask, feather=feather,
                         invert_mask=invert_mask, tile=tile_size)
-    model, storage = loaded.model, host.intermediate_device()
-    height, width = resize_shorter_side(content_rgb[:1], processing_size).shape[-2:]
-    if tile_size:
-        height, width = min(height, tile_size), min(width, tile_size)  # memory is the tile's
-    with _running(loaded, content_rgb.shape[0], height, width) as image_done:
+    planned = batch_ticks(model, (height, width), content_rgb.shape[0], controls,
+                          style_rgb, second_rgb)
+    tile_h, tile_w = (min(height, tile_size), min(width, tile_size)) if tile_size else (height, width)
+    with _running(loaded, planned, tile_h, tile_w, "stylizing") as tracker:
         # Images stay where ComfyUI keeps them; each is moved to the model's device in turn.
-        stylized = stylize_images(model, content_rgb, style_rgb, controls, second_rgb, image_done)
+        stylized = stylize_images(model, content_rgb, style_rgb, controls, second_rgb,
+                                  lambda index: tracker.image_done(), host.free_cache)
     return join_image(stylized.to(storage), alpha)
 
 
@@ -245,10 +278,10 @@ def mask_composite(content_image: torch.Tensor, stylized_image: torch.Tensor, ma
     content_rgb, _ = split_image(content_image, "content image")
     stylized_rgb, alpha = split_image(stylized_image, "stylized image")
     _same_size(content_rgb, stylized_rgb)
-    if mask.dim() not in (2, 3):
-        raise ValueError(f"mask: expected a MASK (batch, height, width); got {tuple(mask.shape)}.")
-    controls = Controls(mask=mask if mask.dim() == 3 else mask.unsqueeze(0), feather=feather, invert_mask=invert)
-    images = [finish(pick(content_rgb, i), stylized_rgb[i:i + 1], controls, i) for i in range(stylized_rgb.shape[0])]
+    count = stylized_rgb.shape[0]
+    controls = Controls(mask=normalise_mask(mask, count, "mask", host.repeat_to_batch_size), feather=feather,
+                        invert_mask=invert)
+    images = [finish(batch_item(content_rgb, i), stylized_rgb[i:i + 1], controls, i) for i in range(count)]
     return join_image(torch.cat(images), alpha)
 
 

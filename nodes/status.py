@@ -42,11 +42,25 @@ def status_report(checkpoint: str | None = None, scan: str = "auto") -> dict:
         elif not report["checkpoints"]:
             raise ValueError(mambast.missing_weights_message(report["folders"]))
     except (ValueError, OSError) as error:  # CheckpointError is a ValueError
-        report["ok"], report["message"] = False, str(error)
+        report["ok"], report["message"], report["short"] = False, str(error), short_reason(error)
     scan_text = report.get("scan", scan)
     if report["ok"]:
         weights = f" | {report['weights']}" if "weights" in report else ""
         report["summary"] = f"{device} | {scan_text} scan{weights}"
     else:
-        report["summary"] = f"{device} | {scan_text} scan | not usable: {report['message']}"
+        report["summary"] = f"{device} | {scan_text} scan | not usable: {report['short']}"
     return report
+
+
+def short_reason(error: Exception) -> str:
+    """What is wrong in a few words, for a status line on a node; ``message`` has the full text.
+
+    A checkpoint error starts with the file's path, which the widget already shows by name.
+    """
+    if isinstance(error, host.UnknownCheckpoint):
+        return error.short()
+    text = str(error)
+    head, separator, rest = text.partition(": ")
+    if separator and os.sep in head:
+        text = rest
+    return text

@@ -27,6 +27,7 @@ class FakeComfy:
         self.loads: list[tuple[object, int]] = []
         self.progress: list[tuple[int, int]] = []
         self.on_interrupt_check = None  # called at each Cancel check, e.g. to raise the flag mid-run
+        self.cache_frees: list[int] = []
 
     def modules(self) -> dict[str, types.ModuleType]:
         fake = self
@@ -80,6 +81,9 @@ class FakeComfy:
                 raise Interrupted()
 
         management.load_models_gpu = load_models_gpu
+        management.free_memory_bytes = 64 * 2**30
+        management.get_free_memory = lambda device=None, torch_free_too=False: management.free_memory_bytes
+        management.soft_empty_cache = lambda force=False: fake.cache_frees.append(1)
         management.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
 
         patcher_module = types.ModuleType("comfy.model_patcher")
@@ -97,6 +101,8 @@ class FakeComfy:
                 self.total, self.current = total, 0
 
             def update_absolute(self, value, total=None, preview=None):
+                if total is not None:
+                    self.total = total
                 self.current = min(value, self.total)
                 fake.progress.append((self.current, self.total))
 
@@ -104,6 +110,17 @@ class FakeComfy:
                 self.update_absolute(self.current + value)
 
         utils.ProgressBar = ProgressBar
+
+        def repeat_to_batch_size(tensor, batch_size, dim=0):  # ComfyUI's rule: cut, or cycle
+            if tensor.shape[dim] > batch_size:
+                return tensor.narrow(dim, 0, batch_size)
+            if tensor.shape[dim] < batch_size:
+                repeats = [1] * tensor.dim()
+                repeats[dim] = -(-batch_size // tensor.shape[dim])
+                return tensor.repeat(repeats).narrow(dim, 0, batch_size)
+            return tensor
+
+        utils.repeat_to_batch_size = repeat_to_batch_size
         comfy.model_management, comfy.model_patcher, comfy.utils = management, patcher_module, utils
         return {"folder_paths": folder_paths, "comfy": comfy, "comfy.model_management": management,
                 "comfy.model_patcher": patcher_module, "comfy.utils": utils}

@@ -110,7 +110,7 @@ def test_four_frames_with_one_style_encode_it_once_and_share_one_permutation_set
     content = stages.encode_content(loaded, frames)
     stages.fuse(loaded, content, style, seed=123)
     stages.fuse(loaded, content, style, seed=124)
-    assert calls["style"] == 2  # once at its own size, once on the frames' grid, then cached
+    assert calls["style"] == 1  # once, on the frames' grid, then cached (never at its own size)
 
 
 def _recording(forward, used):
@@ -192,7 +192,7 @@ def test_cancel_is_checked_at_least_once_per_scan_chunk(comfy):
     scans = 2 * config.encoder_layers + config.decoder_layers
     chunks_per_scan = -(-(12 * 12) // chunked.DEFAULT_CHUNK)
     assert len(checks) >= scans * chunks_per_scan
-    assert len(checks) <= resources.progress_ticks(config, 96, 96) + 1
+    assert len(checks) == resources.stylize_ticks(config, 96, 96, "chunked", style_images=1)
 
 
 def test_status_reports_device_backend_and_whether_weights_load(comfy, tmp_path):
@@ -270,15 +270,16 @@ def test_composite_nodes_check_their_inputs(comfy):
     assert torch.equal(out, image(1, 16, 16))
 
 
-def test_all_in_one_tiles_large_images_and_refuses_controls_tiles_cannot_honour(comfy):
+def test_all_in_one_tiles_large_images_with_every_control(comfy):
     stages = comfy.stages
     loaded = stages.load_model("small.safetensors", "auto", "auto")
-    content, style = image(1, 40, 72), image(1, 32, 32, seed=1)
-    whole = stages.stylize(loaded, content, style, seed=3, processing_size=0, tile_size=80)
-    assert torch.equal(whole, stages.stylize(loaded, content, style, seed=3, processing_size=0))
-    tiled = stages.stylize(loaded, content, style, seed=3, processing_size=0, tile_size=32, colour="keep content")
-    assert tiled.shape == (1, 40, 72, 3) and 0 <= float(tiled.min()) and float(tiled.max()) <= 1
-    with pytest.raises(ValueError, match="tiles work with the plain stylization only"):
-        stages.stylize(loaded, content, style, seed=3, tile_size=32, strength=0.5)
-    with pytest.raises(ValueError, match="tile_size must be 0"):
+    content, style, second = image(2, 40, 72), image(1, 32, 32, seed=1), image(1, 24, 24, seed=2)
+    controls = dict(seed=3, processing_size=0, strength=0.6, style_scale=1.5, temporal_smoothing=0.3,
+                    second_style=second, second_style_weight=0.4, colour="keep content")
+    whole = stages.stylize(loaded, content, style, tile_size=80, **controls)
+    assert torch.equal(whole, stages.stylize(loaded, content, style, **controls))
+    tiled = stages.stylize(loaded, content, style, tile_size=32, **controls)
+    assert tiled.shape == (2, 40, 72, 3) and 0 <= float(tiled.min()) and float(tiled.max()) <= 1
+    assert not torch.equal(tiled, whole)
+    with pytest.raises(ValueError, match="tile size must be 0"):
         stages.stylize(loaded, content, style, seed=3, tile_size=30)
