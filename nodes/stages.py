@@ -96,9 +96,12 @@ def load_model(checkpoint: str, dtype: str = "auto", scan: str = "auto") -> Load
     return LoadedModel(host.wrap_model(model), checkpoint, model)
 
 
+STAGED_ADVICE = "Use MambaST Stylize with a tile_size (e.g. 512), a smaller processing_size, or smaller images"
+
+
 @contextlib.contextmanager
-def _running(loaded: LoadedModel, planned: list[int], height: int, width: int,
-             what: str) -> Iterator[ProgressTracker]:
+def _running(loaded: LoadedModel, planned: list[int], height: int, width: int, what: str,
+             advice: str = STAGED_ADVICE) -> Iterator[ProgressTracker]:
     """Load the model for images of H x W (or tiles of that size) and track ``planned`` ticks.
 
     Inside, every progress tick of the model checks ComfyUI's Cancel and moves the bar, whose
@@ -122,9 +125,8 @@ def _running(loaded: LoadedModel, planned: list[int], height: int, width: int,
         if not is_out_of_memory(error):
             raise
         host.free_cache()
-        raise MemoryError(f"Out of memory while {what} a {width}x{height} image on {model.device}. Use "
-                          "MambaST Stylize with a tile_size (e.g. 512), a smaller processing_size, or smaller "
-                          "images; ComfyUI's cache was freed.") from None
+        raise MemoryError(f"Out of memory while {what} a {width}x{height} image on {model.device}. {advice}; "
+                          "ComfyUI's cache was freed.") from None
 
 
 def _to(encoding: ContentEncoding, device: torch.device) -> ContentEncoding:
@@ -250,7 +252,8 @@ def stylize(loaded: LoadedModel, content_image: torch.Tensor, style_image: torch
     planned = batch_ticks(model, (height, width), content_rgb.shape[0], controls,
                           style_rgb, second_rgb)
     tile_h, tile_w = (min(height, tile_size), min(width, tile_size)) if tile_size else (height, width)
-    with _running(loaded, planned, tile_h, tile_w, "stylizing") as tracker:
+    advice = "Even the smallest tiles did not fit: close other programs or models, or use a smaller processing_size"
+    with _running(loaded, planned, tile_h, tile_w, "stylizing", advice) as tracker:
         # Images stay where ComfyUI keeps them; each is moved to the model's device in turn.
         stylized = stylize_images(model, content_rgb, style_rgb, controls, second_rgb,
                                   lambda index: tracker.image_done(), host.free_cache)
