@@ -14,6 +14,7 @@ from mambast.imaging import read_image, write_image
 from mambast.random_weights import write_official_folder
 
 from conftest import ROOT
+from test_image_files import broken_save
 
 
 def run_cli(*args, cwd, env_extra=None):
@@ -90,16 +91,6 @@ def stylize_in_process(folder, weights, monkeypatch, *args):
     monkeypatch.chdir(folder)
     monkeypatch.delenv("MAMBAST_CHECKPOINT", raising=False)
     return main(["stylize", "--checkpoint", str(weights), "--size", "0", "--seed", "3", "--device", "cpu", *args])
-
-
-def broken_save(failure):
-    """An Image.save that writes half a file, then fails with ``failure``."""
-    def save(self, fp, format=None, **params):
-        handle = open(fp, "wb") if isinstance(fp, (str, os.PathLike)) else fp
-        handle.write(b"\x89PNG half an image")
-        handle.flush()
-        raise failure
-    return save
 
 
 def test_unreadable_images_in_folders_are_named_and_skipped_and_the_rest_written(image_folders, small_tensors):
