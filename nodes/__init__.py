@@ -14,9 +14,11 @@ LOGGER = logging.getLogger("ComfyUI-MambaST")
 async def comfy_entrypoint():
     """ComfyUI's V3 entry point: register the model folder and the status route, list the nodes."""
     from . import comfy as host
+    from .examples import install_example_inputs
     from .schema import MambaSTExtension
 
     host.register_model_folder()
+    install_example_inputs(host.input_directory())
     try:
         from . import routes
 

@@ -14,7 +14,10 @@ NODE_IDS = ["MambaSTLoader", "MambaSTEncodeContent", "MambaSTEncodeStyle", "Mamb
             "MambaSTStylize"]
 NODE_IDS += ["MambaSTStyleBlend", "MambaSTMaskComposite", "MambaSTKeepContentColour", "MambaSTMatchColour"]
 CORE_NODES = {"LoadImage", "SaveImage", "UpscaleModelLoader", "ImageUpscaleWithModel", "LoadVideo",
-              "GetVideoComponents", "CreateVideo", "SaveVideo", "PreviewImage", "ImageCompositeMasked"}
+              "GetVideoComponents", "CreateVideo", "SaveVideo", "PreviewImage", "ImageCompositeMasked", "SolidMask",
+              "MaskComposite", "Note"}
+# Inputs every ComfyUI install has (its example.png) or the pack copies into the input folder.
+SHIPPED_INPUTS = {"example.png"} | {p.name for p in (ROOT / "example_inputs").glob("mambast_example_*")}
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 
 
@@ -24,9 +27,25 @@ def test_every_node_has_a_help_page(node_id):
     assert page.exists() and page.read_text().startswith("# ")
 
 
-def test_example_workflows_exist():
-    assert {p.stem for p in WORKFLOWS} >= {"mambast_stylize", "mambast_staged", "mambast_video_one_style",
-                                           "mambast_stylize_then_upscale"}
+def test_example_workflows_exist_and_are_named_in_words():
+    assert {p.stem for p in WORKFLOWS} >= {"Stylize a picture (all in one)", "Stylize step by step (staged nodes)",
+                                           "Stylize a video with one style", "Stylize then upscale 4x"}
+    for path in WORKFLOWS:  # ComfyUI shows a pack's template by its file name
+        assert " " in path.stem and "_" not in path.stem, path.name
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_example_workflows_load_only_files_every_install_has_and_declare_other_models(path):
+    graph = json.loads(path.read_text())
+    for node in graph["nodes"]:
+        if node["type"] in ("LoadImage", "LoadVideo"):
+            assert node["widgets_values"][0] in SHIPPED_INPUTS, (node["type"], node["widgets_values"])
+        if node["type"] == "UpscaleModelLoader":
+            declared = node["properties"]["models"]
+            assert [m["name"] for m in declared] == [node["widgets_values"][0]]
+            assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] == "upscale_models"
+                       for m in declared)
+    assert "ds" not in graph.get("extra", {})  # the frontend fits a graph without a saved view to the screen
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -51,6 +70,15 @@ def test_status_line_helpers():
     assert.equal(m.statusQuery('a b.safetensors', 'auto'), '/mambast/status?checkpoint=a+b.safetensors&scan=auto');
     assert.notEqual(m.statusColor(true), m.statusColor(false));
     assert.equal(m.statusColor(null), m.statusColor(undefined));
+    assert.notEqual(m.statusKey('a.safetensors', 'auto'), m.statusKey('b.safetensors', 'auto'));
+    assert.notEqual(m.statusKey('a', 'auto'), m.statusKey('a', 'chunked'));
+    assert.equal(m.statusKey('a', 'auto'), m.statusKey('a', 'auto'));
+    const width = (t) => t.length;  // one unit per character
+    assert.deepEqual(m.wrapText('one two three four', 9, width), ['one two', 'three', 'four']);
+    assert.deepEqual(m.wrapText('/a/very/long/path/name ok', 8, width), ['/a/very/', 'long/pat', 'h/name', 'ok']);
+    const many = m.wrapText('w '.repeat(40), 3, width, 4);
+    assert.equal(many.length, 4);
+    assert.ok(many[3].endsWith('…') && many.every((l) => l.length <= 3));
     console.log('ok');
     """
     module = (ROOT / "web" / "js" / "status_logic.js").as_uri()

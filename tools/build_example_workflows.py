@@ -3,7 +3,15 @@
     python tools/build_example_workflows.py
 
 Kept as code so that the graphs follow the nodes' inputs when they change; the thumbnails
-beside them are screenshots of each graph loaded in ComfyUI's frontend.
+beside them are screenshots of each graph loaded in ComfyUI's frontend
+(tests/test_comfyui_browser.py writes them with MAMBAST_THUMBNAILS=1).
+
+ComfyUI names a node pack's templates by their file names, so the files are named in words.
+Every template runs as shipped once the Mamba-ST weights are installed: its pictures are
+ComfyUI's own ``example.png`` and the pack's ``example_inputs/`` (copied into the input folder
+at start), and a model it needs besides is declared with its download address, as the
+frontend's missing-models dialog expects. No saved view: the frontend fits the graph to the
+screen when it opens it.
 """
 
 from __future__ import annotations
@@ -15,6 +23,15 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "example_workflows"
 VERSION = "0.1.0"
+
+
+STYLE = "mambast_example_style.jpg"
+SECOND_STYLE = "mambast_example_style_2.jpg"
+CLIP = "mambast_example_frames.mp4"
+CONTENT = "example.png"  # shipped in every ComfyUI's input folder
+UPSCALER = {"name": "RealESRGAN_x4plus.safetensors",
+            "url": "https://huggingface.co/Comfy-Org/Real-ESRGAN_repackaged/resolve/main/RealESRGAN_x4plus.safetensors",
+            "directory": "upscale_models"}
 
 
 @dataclass
@@ -29,6 +46,7 @@ class Node:
     title: str | None = None
     links_in: dict[str, int] = field(default_factory=dict)
     links_out: dict[int, list[int]] = field(default_factory=dict)
+    models: list[dict] = field(default_factory=list)
 
     def as_json(self, order: int) -> dict:
         core = not self.type.startswith("MambaST")
@@ -44,6 +62,8 @@ class Node:
         }
         if self.title:
             node["title"] = self.title
+        if self.models:
+            node["properties"]["models"] = self.models
         return node
 
 
@@ -70,8 +90,7 @@ class Graph:
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "mambast/" + "/".join(n.type for n in self.nodes))),
             "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
             "nodes": [node.as_json(order) for order, node in enumerate(self.nodes)],
-            "links": self.links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.9, "offset": [40, 40]}}, "version": 0.4,
+            "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4,
         }
 
 
@@ -79,7 +98,8 @@ MODEL = ("model", "MAMBAST_MODEL")
 
 
 def loader(graph: Graph, pos=(0, 0)) -> Node:
-    return graph.add("MambaSTLoader", pos, outputs=[MODEL], widgets=["official/", "auto", "auto"], size=(320, 130))
+    # Room below the widgets for a status line of up to four lines (what is wrong, in words).
+    return graph.add("MambaSTLoader", pos, outputs=[MODEL], widgets=["official/", "auto", "auto"], size=(360, 190))
 
 
 def load_image(graph: Graph, pos, file: str, title: str) -> Node:
@@ -117,8 +137,8 @@ def save(graph: Graph, pos, prefix: str) -> Node:
 def stylize_from_images(graph: Graph, content_title: str = "Content", **options) -> tuple[Node, Node]:
     """The loader and the content and style images wired into an all-in-one Stylize node."""
     model = loader(graph, (0, 0))
-    content = load_image(graph, (0, 180), "example.png", content_title)
-    style = load_image(graph, (0, 560), "style.png", "Style")
+    content = load_image(graph, (0, 230), CONTENT, content_title)
+    style = load_image(graph, (0, 610), STYLE, "Style")
     node = stylize(graph, (380, 180), **options)
     graph.connect(model, 0, node, "model")
     graph.connect(content, 0, node, "content")
@@ -137,8 +157,8 @@ def all_in_one() -> Graph:
 def staged() -> Graph:
     graph = Graph()
     model = loader(graph, (0, 0))
-    content = load_image(graph, (0, 180), "example.png", "Content")
-    style = load_image(graph, (0, 560), "style.png", "Style")
+    content = load_image(graph, (0, 230), CONTENT, "Content")
+    style = load_image(graph, (0, 610), STYLE, "Style")
     encode_content = graph.add("MambaSTEncodeContent", (380, 180), inputs=[MODEL, ("image", "IMAGE")],
                                outputs=[("content", "MAMBAST_CONTENT")], size=(280, 80))
     style_node = encode_style(graph, (380, 560))
@@ -160,11 +180,11 @@ def staged() -> Graph:
 def video_frames() -> Graph:
     graph = Graph()
     model = loader(graph, (0, 0))
-    video = graph.add("LoadVideo", (0, 180), outputs=[("VIDEO", "VIDEO")], widgets=["frames.mp4", "image"],
+    video = graph.add("LoadVideo", (0, 230), outputs=[("VIDEO", "VIDEO")], widgets=[CLIP, "image"],
                       size=(300, 330), title="Content video")
-    components = graph.add("GetVideoComponents", (0, 560), inputs=[("video", "VIDEO")],
+    components = graph.add("GetVideoComponents", (0, 610), inputs=[("video", "VIDEO")],
                            outputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")], size=(280, 90))
-    style = load_image(graph, (380, 640), "style.png", "One style for every frame")
+    style = load_image(graph, (380, 640), STYLE, "One style for every frame")
     node = stylize(graph, (380, 180), smoothing=0.3)
     create = graph.add("CreateVideo", (760, 180), inputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
                        outputs=[("VIDEO", "VIDEO")], widgets=[30], size=(270, 100))
@@ -185,7 +205,8 @@ def upscale() -> Graph:
     graph = Graph()
     _, node = stylize_from_images(graph)
     upscaler = graph.add("UpscaleModelLoader", (380, 640), outputs=[("UPSCALE_MODEL", "UPSCALE_MODEL")],
-                         widgets=["RealESRGAN_x4plus.safetensors"], size=(320, 60))
+                         widgets=[UPSCALER["name"]], size=(320, 60))
+    upscaler.models = [dict(UPSCALER)]
     upscale_node = graph.add("ImageUpscaleWithModel", (760, 300),
                              inputs=[("upscale_model", "UPSCALE_MODEL"), ("image", "IMAGE")],
                              outputs=[("IMAGE", "IMAGE")], size=(240, 50))
@@ -197,11 +218,24 @@ def upscale() -> Graph:
 
 
 def masked() -> Graph:
+    """A square in the middle as the mask, made by core nodes so the template runs as shipped; a
+    note says how to paint one's own instead (LoadImage's MASK output, after the MaskEditor)."""
     graph = Graph()
-    content, node = stylize_from_images(graph, "Content + mask (MaskEditor)", strength=0.8, colour="keep content",
-                                        feather=24)
+    _, node = stylize_from_images(graph, "Content", strength=0.8, colour="keep content", feather=24)
+    canvas = graph.add("SolidMask", (380, 640), outputs=[("MASK", "MASK")], widgets=[0.0, 512, 512],
+                       size=(270, 110), title="Mask canvas (black: keep the content)")
+    square = graph.add("SolidMask", (380, 790), outputs=[("MASK", "MASK")], widgets=[1.0, 256, 256],
+                       size=(270, 110), title="Stylized area (white)")
+    mask = graph.add("MaskComposite", (690, 640), inputs=[("destination", "MASK"), ("source", "MASK")],
+                     outputs=[("MASK", "MASK")], widgets=[128, 128, "add"], size=(270, 130))
+    graph.add("Note", (690, 820), widgets=["Your own mask: right-click the Content image > Open in MaskEditor, "
+                                           "paint the area to stylize, then connect the Content node's MASK "
+                                           "output to the mask input of MambaST Stylize. The mask is resized "
+                                           "to the picture."], size=(300, 140), title="Paint your own mask")
     out = save(graph, (760, 180), "mambast/masked")
-    graph.connect(content, 1, node, "mask")
+    graph.connect(canvas, 0, mask, "destination")
+    graph.connect(square, 0, mask, "source")
+    graph.connect(mask, 0, node, "mask")
     graph.connect(node, 0, out, "images")
     return graph
 
@@ -209,9 +243,9 @@ def masked() -> Graph:
 def style_blend() -> Graph:
     graph = Graph()
     model = loader(graph, (0, 0))
-    content = load_image(graph, (0, 180), "example.png", "Content")
-    style_a = load_image(graph, (0, 560), "style.png", "Style A")
-    style_b = load_image(graph, (0, 940), "style_b.png", "Style B")
+    content = load_image(graph, (0, 230), CONTENT, "Content")
+    style_a = load_image(graph, (0, 610), STYLE, "Style A")
+    style_b = load_image(graph, (0, 990), SECOND_STYLE, "Style B")
     encode_content = graph.add("MambaSTEncodeContent", (380, 180), inputs=[MODEL, ("image", "IMAGE")],
                                outputs=[("content", "MAMBAST_CONTENT")], size=(280, 80))
     encoded_a = encode_style(graph, (380, 560))
@@ -241,18 +275,22 @@ def style_blend() -> Graph:
     return graph
 
 
+# File name (the template's title in ComfyUI) -> graph.
 WORKFLOWS = {
-    "mambast_masked": masked,
-    "mambast_style_blend": style_blend,
-    "mambast_stylize": all_in_one,
-    "mambast_staged": staged,
-    "mambast_video_one_style": video_frames,
-    "mambast_stylize_then_upscale": upscale,
+    "Stylize a picture (all in one)": all_in_one,
+    "Stylize step by step (staged nodes)": staged,
+    "Stylize a video with one style": video_frames,
+    "Stylize then upscale 4x": upscale,
+    "Stylize inside a mask, keeping the colours": masked,
+    "Blend two styles": style_blend,
 }
 
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)
+    for stale in set(OUT.glob("*.json")) - {OUT / f"{name}.json" for name in WORKFLOWS}:
+        stale.unlink()
+        print(f"removed {stale.name}")
     for name, build in WORKFLOWS.items():
         (OUT / f"{name}.json").write_text(json.dumps(build().as_json(), indent=1) + "\n")
         print(f"wrote {name}.json")

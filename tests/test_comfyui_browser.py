@@ -1,0 +1,275 @@
+"""What a person sees in ComfyUI's frontend, in a real browser: opt-in, like the end-to-end test.
+
+    COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/python \\
+        [MAMBAST_CHROMIUM=/usr/bin/chromium] pytest tests/test_comfyui_browser.py
+
+Needs Playwright for Python (``pip install playwright``; no browser download: it drives the
+system's Chromium, ``MAMBAST_CHROMIUM`` or ``chromium`` on the PATH). Starts ComfyUI on the CPU
+with this pack, a good random-weight checkpoint (``official/``) and a corrupt one, opens the app
+in headless Chromium, loads every example workflow, checks the loader's status line against the
+values workflows set, searches for the nodes, and runs the all-in-one template as shipped.
+``MAMBAST_SCREENSHOTS=1`` also writes the README's screenshots (web/docs/images/) and the
+templates' thumbnails (example_workflows/*.jpg).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from mambast.random_weights import random_official_tensors
+from tools.comfyui_server import prepare, running_comfyui
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+CHROMIUM = os.environ.get("MAMBAST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run"),
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no Chromium (set MAMBAST_CHROMIUM)")]
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+SCREENSHOTS = os.environ.get("MAMBAST_SCREENSHOTS") == "1"
+VIEWPORT = {"width": 1440, "height": 900}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    example = Path(COMFYUI_DIR) / "input" / "example.png"
+    if not example.exists():
+        pytest.skip(f"{example} is missing: the templates use ComfyUI's own example.png")
+    base = tmp_path_factory.mktemp("browser")
+    # The released architecture (random weights): the status line and the run look as they will.
+    prepare(base, {"official/": random_official_tensors(seed=5)})
+    (base / "models" / "mambast" / "corrupt.safetensors").write_bytes(b"\x10" + bytes(7) + b"{not a header}")
+    shutil.copy(example, base / "input" / "example.png")
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True)
+    # No first-run template dialog; no minimap over the graph in the screenshots.
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}))
+    with running_comfyui(base, COMFYUI_DIR, os.environ.get("COMFYUI_PYTHON")) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright to run the browser test")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = chromium.new_page(viewport=VIEWPORT)
+        page.mambast_console = []
+        page.mambast_requests = []
+        page.on("console", lambda message: page.mambast_console.append((message.type, message.text,
+                                                                        str(message.location))))
+        page.on("pageerror", lambda error: page.mambast_console.append(("pageerror", str(error), error.stack or "")))
+        page.on("request", lambda request: page.mambast_requests.append(request.url)
+                if "/mambast/status" in request.url else None)
+        page.goto(server.url)
+        page.wait_for_function("window.app && window.app.graph && document.querySelector('#graph-canvas')",
+                               timeout=90_000)
+        time.sleep(2)
+        yield page
+        chromium.close()
+
+
+def load(page, graph: dict, name: str | None = None) -> None:
+    """Open a workflow as the app does (a new tab when named), then let it draw and settle."""
+    page.evaluate("([graph, name]) => window.app.loadGraphData(graph, true, true, name)", [graph, name])
+    page.wait_for_timeout(600)
+    page.wait_for_function("""() => window.app.graph._nodes.filter(n => n.comfyClass === 'MambaSTLoader')
+                                     .every(n => n.mambastStatus && n.mambastStatus.ok !== null)""", timeout=30_000)
+    page.wait_for_timeout(300)
+
+
+def loader_status(page) -> list[dict]:
+    return page.evaluate("""() => window.app.graph._nodes.filter(n => n.comfyClass === 'MambaSTLoader')
+        .map(n => ({value: n.widgets[0].value, ok: n.mambastStatus.ok, summary: n.mambastStatus.summary,
+                    lines: n.mambastLines, height: n.size[1]}))""")
+
+
+def open_dialogs(page) -> list[str]:
+    return page.evaluate("() => [...document.querySelectorAll('.p-dialog')].map(d => d.innerText)")
+
+
+def close_dialogs(page) -> None:
+    for _ in range(3):
+        if not open_dialogs(page):
+            return
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+
+
+def workflow(name: str) -> dict:
+    return json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+
+
+def with_checkpoint(graph: dict, checkpoint: str) -> dict:
+    graph = json.loads(json.dumps(graph))
+    for node in graph["nodes"]:
+        if node["type"] == "MambaSTLoader":
+            node["widgets_values"][0] = checkpoint
+    return graph
+
+
+def node_screen_rect(page, comfy_class: str) -> dict:
+    """A node's rectangle on the page, title bar included."""
+    return page.evaluate("""(comfyClass) => {
+        const canvas = window.app.canvas, node = window.app.graph._nodes.find(n => n.comfyClass === comfyClass);
+        const box = canvas.canvas.getBoundingClientRect(), scale = canvas.ds.scale, offset = canvas.ds.offset;
+        const title = LiteGraph.NODE_TITLE_HEIGHT;
+        return {x: box.left + (node.pos[0] + offset[0]) * scale, y: box.top + (node.pos[1] - title + offset[1]) * scale,
+                width: node.size[0] * scale, height: (node.size[1] + title) * scale};
+    }""", comfy_class)
+
+
+def focus_on(page, comfy_class: str, scale: float = 1.3) -> None:
+    """Zoom the canvas onto a node, so a screenshot of it can be read."""
+    page.evaluate("""([comfyClass, scale]) => {
+        const canvas = window.app.canvas, node = window.app.graph._nodes.find(n => n.comfyClass === comfyClass);
+        canvas.ds.scale = scale;
+        canvas.ds.offset = [60 / scale - node.pos[0], 120 / scale - node.pos[1]];
+        canvas.setDirty(true, true);
+    }""", [comfy_class, scale])
+    page.wait_for_timeout(400)
+
+
+def screenshot(page, path: Path, clip: dict | None = None, margin: int = 12) -> None:
+    if clip is not None:
+        clip = {"x": max(0, clip["x"] - margin), "y": max(0, clip["y"] - margin),
+                "width": clip["width"] + 2 * margin, "height": clip["height"] + 2 * margin}
+    page.screenshot(path=str(path), clip=clip)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_every_template_opens_without_missing_nodes_and_fits_the_screen(browser, path):
+    graph = json.loads(path.read_text())
+    load(browser, graph)
+    browser.wait_for_timeout(500)  # the frontend fits a graph without a saved view after one frame
+    dialogs = open_dialogs(browser)
+    declared = [m["name"] for node in graph["nodes"] for m in node.get("properties", {}).get("models", [])]
+    assert not any("missing" in text.lower() and "node" in text.lower() for text in dialogs), dialogs
+    if declared:  # a model the user may not have yet: the dialog offers its download
+        assert len(dialogs) == 1 and all(name in dialogs[0] for name in declared), dialogs
+        assert "download" in dialogs[0].lower(), dialogs
+        close_dialogs(browser)
+    else:
+        assert dialogs == []
+    outside = browser.evaluate("""() => {
+        const canvas = window.app.canvas, box = canvas.canvas.getBoundingClientRect();
+        const scale = canvas.ds.scale, offset = canvas.ds.offset, title = LiteGraph.NODE_TITLE_HEIGHT;
+        return window.app.graph._nodes.filter(n => {
+            const x = box.left + (n.pos[0] + offset[0]) * scale, y = box.top + (n.pos[1] - title + offset[1]) * scale;
+            return x < box.left || y < box.top || x + n.size[0] * scale > box.right
+                || y + (n.size[1] + title) * scale > box.bottom;
+        }).map(n => n.title);
+    }""")
+    assert outside == []
+    assert all(status["ok"] for status in loader_status(browser))
+    if SCREENSHOTS:
+        thumbnail = browser.screenshot(clip={"x": 40, "y": 80, "width": VIEWPORT["width"] - 40,
+                                             "height": VIEWPORT["height"] - 80})
+        from io import BytesIO
+
+        from PIL import Image
+
+        Image.open(BytesIO(thumbnail)).convert("RGB").resize((720, 410)).save(path.with_suffix(".jpg"), quality=85)
+
+
+def test_the_status_line_describes_the_value_a_saved_workflow_holds(browser, tmp_path):
+    folder = ROOT / "web" / "docs" / "images" if SCREENSHOTS else tmp_path
+    template = workflow("Stylize a picture (all in one)")
+    for checkpoint, ok, words, picture in [("missing.safetensors", False, ["'missing.safetensors'", "official/"],
+                                            "status_missing.png"),
+                                           ("corrupt.safetensors", False, ["header"], "status_corrupt.png"),
+                                           ("official/", True, ["3+3 layers, d_model 512"], "status_good.png")]:
+        load(browser, with_checkpoint(template, checkpoint))
+        close_dialogs(browser)
+        [status] = loader_status(browser)
+        assert status["value"] == checkpoint and status["ok"] is ok, status
+        assert all(word in status["summary"] for word in words), status
+        assert status["lines"] <= 4
+        focus_on(browser, "MambaSTLoader")
+        screenshot(browser, folder / picture, node_screen_rect(browser, "MambaSTLoader"))
+        # The text stays inside the node: the widest drawn line fits the node's width.
+        widest = browser.evaluate("""() => {
+            const node = window.app.graph._nodes.find(n => n.comfyClass === 'MambaSTLoader');
+            const ctx = document.createElement('canvas').getContext('2d');
+            ctx.font = '12px sans-serif';
+            return [Math.max(...node.mambastDrawnLines.map(l => ctx.measureText(l).width)), node.size[0]];
+        }""")
+        assert widest[0] <= widest[1] - 10, widest
+
+
+def test_the_status_follows_tab_switches_list_refreshes_and_value_changes(browser):
+    template = workflow("Stylize a picture (all in one)")
+    load(browser, with_checkpoint(template, "missing.safetensors"), "MambaST missing")
+    load(browser, with_checkpoint(template, "official/"), "MambaST good")
+    assert loader_status(browser)[0]["ok"] is True
+    browser.locator(".workflow-label:visible", has_text="MambaST missing").first.click()
+    browser.wait_for_timeout(800)
+    [status] = loader_status(browser)
+    assert status["value"] == "missing.safetensors" and status["ok"] is False, status
+    before = len(browser.mambast_requests)
+    browser.mouse.click(700, 120)  # focus the canvas, then press r: the model lists are refreshed
+    browser.keyboard.press("r")
+    browser.wait_for_timeout(1500)
+    assert any("missing.safetensors" in url for url in browser.mambast_requests[before:])
+    # A value set without a widget callback (as extensions and undo do) is noticed when drawn.
+    browser.evaluate("""() => {
+        const node = window.app.graph._nodes.find(n => n.comfyClass === 'MambaSTLoader');
+        node.widgets[0].value = 'corrupt.safetensors';
+        node.setDirtyCanvas(true, true);
+    }""")
+    browser.wait_for_function("""() => window.app.graph._nodes.find(n => n.comfyClass === 'MambaSTLoader')
+                                       .mambastStatus.summary.includes('header')""", timeout=10_000)
+    close_dialogs(browser)
+
+
+@pytest.mark.parametrize("query", ["style transfer", "stylize", "mamba"])
+def test_search_finds_the_nodes_by_the_words_artists_use(browser, query):
+    browser.evaluate("() => window.app.graph.clear()")
+    browser.mouse.dblclick(700, 450)
+    browser.wait_for_selector(".p-autocomplete-option, [role=option]", timeout=10_000)
+    browser.keyboard.type(query)
+    options = """() => [...document.querySelectorAll('.p-autocomplete-option, [role=option]')]
+        .map(e => e.innerText.replace(/\\s+/g, ' ').trim()).filter(Boolean)"""
+    browser.wait_for_function(f"() => ({options})().some(r => r.startsWith('MambaST'))", timeout=10_000)
+    results = browser.evaluate(options)
+    browser.keyboard.press("Escape")
+    browser.wait_for_selector(".p-autocomplete-option, [role=option]", state="detached", timeout=10_000)
+    assert any(r.startswith("MambaST Stylize (Style Transfer)") for r in results), results
+    if query != "mamba":  # "mamba" also matches the other MambaST nodes, shorter names first
+        assert results[0].startswith("MambaST Stylize (Style Transfer)"), results
+
+
+def test_the_all_in_one_template_runs_to_completion_as_shipped(browser, server):
+    load(browser, workflow("Stylize a picture (all in one)"), "MambaST run")
+    close_dialogs(browser)
+    finished = set(server.get("/history"))
+    browser.get_by_role("button", name="Run", exact=True).first.click()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        new = {key: entry for key, entry in server.get("/history").items() if key not in finished}
+        if new and all(entry["status"].get("completed") is not None for entry in new.values()):
+            break
+        time.sleep(1)
+    [entry] = new.values()
+    assert entry["status"]["status_str"] == "success", entry["status"]["messages"]
+    [saved] = [node for node in entry["outputs"].values() if "images" in node]
+    image = server.base / "output" / saved["images"][0]["subfolder"] / saved["images"][0]["filename"]
+    assert image.exists()
+    browser.wait_for_function("""() => window.app.graph._nodes.some(n => n.type === 'SaveImage' && n.imgs?.length)""",
+                              timeout=30_000)
+    browser.wait_for_timeout(500)
+    assert open_dialogs(browser) == []
+    if SCREENSHOTS:
+        screenshot(browser, ROOT / "web" / "docs" / "images" / "template_run.png",
+                   {"x": 40, "y": 80, "width": VIEWPORT["width"] - 40, "height": VIEWPORT["height"] - 80}, margin=0)
+
+
+def test_the_pack_causes_no_errors_in_the_browser_console(browser):
+    ours = [entry for entry in browser.mambast_console
+            if entry[0] in ("error", "pageerror") and "mambast" in " ".join(entry).lower()]
+    assert ours == []
