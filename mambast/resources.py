@@ -16,22 +16,23 @@ from .tiling import tile_count
 # a part proportional to the tokens. Per token it is this many floats per channel of d_inner,
 # about 1.1 times the measured slope: on a CPU the chunked scan never builds whole-sequence
 # tensors; on a GPU the Triton path builds delta for the whole sequence, and half-precision dense
-# layers halve their activations.
-_FLOATS_PER_TOKEN_PER_INNER = {"cpu": 13.5, "accelerator": 25.0, "accelerator half": 16.5}
-_FIXED_BYTES = 32 * 2**20  # allocator and convolution workspaces, measured 27-34 MiB
+# layers halve their activations. The fixed part on a CPU covers the allocator's and the
+# convolutions' workspaces, whose peak varies from run to run (205-333 MiB at 512 px).
+_FLOATS_PER_TOKEN_PER_INNER = {"cpu": 12.8, "accelerator": 25.0, "accelerator half": 16.5}
+_FIXED_BYTES = {"cpu": 130 * 2**20, "accelerator": 40 * 2**20, "accelerator half": 40 * 2**20}
 
 
 def activation_bytes(config: MambaSTConfig, height: int, width: int, batch: int = 1, device_type: str = "cpu",
                      dtype: torch.dtype = torch.float32) -> int:
     """The working memory to stylize ``batch`` images of H x W on a device of ``device_type``
     ("cpu", "cuda", "mps", ...) with dense layers in ``dtype``, model weights not included:
-    what a host should free before the run. Within 1.0-1.5x of the measured peaks."""
+    what a host should free before the run. Within 1.0-1.5x of the highest measured peaks."""
     if device_type == "cpu":
         kind = "cpu"
     else:
         kind = "accelerator" if dtype == torch.float32 else "accelerator half"
     per_token = _FLOATS_PER_TOKEN_PER_INNER[kind] * config.d_inner * 4
-    return int(_FIXED_BYTES + batch * _tokens(config, height, width) * per_token)
+    return int(_FIXED_BYTES[kind] + batch * _tokens(config, height, width) * per_token)
 
 
 def _tokens(config: MambaSTConfig, height: int, width: int) -> int:
