@@ -2,14 +2,15 @@
 
 1. Library path: ``--runs`` stylizations at ``--size`` px (random weights of the released
    architecture, the nodes' ``stylize_images`` path) in this process; the resident memory after
-   each run is recorded and its drift after the first ``--settle`` runs printed (CPU target:
-   within 5%). On CUDA the allocated memory after each run is compared with the first's.
+   each run is recorded; after the first ``--settle`` runs its largest deviation from its median
+   and its trend are printed (CPU target: within 5%). On CUDA the allocated memory after each run is compared with the first's.
 2. Through a real ComfyUI (when ``COMFYUI_DIR`` is set; ``COMFYUI_PYTHON`` its Python): the
    same number of all-in-one prompts queued one after another; the server's resident memory is
    sampled after each.
 3. Cancel latency on the CPU, at each of ``--cancel-sizes``: a stylization runs in a thread,
    Cancel is pressed (the progress hook raises, as ComfyUI's interrupt does) after a moment, and
-   the time from the press to the run having stopped is printed (target: at most 1 s).
+   the time from the press to the run having stopped is printed (target: at most 1 s); then the
+   longest time between two Cancel checks over a whole run, the worst case wherever it is pressed.
 
     python bench/soak.py [--runs 200] [--size 256] [--cancel-sizes 512 2048]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -29,11 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _measure import resident_mib  # noqa: E402
 
 
-def drift(series: list[float], settle: int) -> tuple[float, float, float]:
-    """(reference after ``settle`` runs, highest later, relative drift of the highest)."""
-    reference = series[settle - 1]
-    highest = max(series[settle:]) if len(series) > settle else reference
-    return reference, highest, (highest - reference) / reference
+def drift(series: list[float], settle: int) -> str:
+    """How resident memory behaves after the first ``settle`` runs: its median, the largest
+    deviation from it (the allocator keeps or returns freed pages from run to run), and the trend
+    from the first to the last twenty runs (a leak grows; a steady process does not)."""
+    steady = series[settle:] or series[-1:]
+    middle = statistics.median(steady)
+    deviation = max(abs(value - middle) for value in steady) / middle
+    head, tail = statistics.mean(steady[:20]), statistics.mean(steady[-20:])
+    return (f"after run {settle}: median {middle:.0f} MiB, within {100 * deviation:.1f}% of it (range "
+            f"{min(steady):.0f}-{max(steady):.0f}); mean of the first 20 runs after it {head:.0f} MiB, of the last "
+            f"20 {tail:.0f} MiB ({100 * (tail - head) / head:+.1f}%); first run {series[0]:.0f}, last {series[-1]:.0f} MiB")
 
 
 def soak_library(runs: int, size: int, settle: int) -> None:
@@ -55,10 +63,8 @@ def soak_library(runs: int, size: int, settle: int) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 allocated.append(torch.cuda.memory_allocated() / 2**20)
-    reference, highest, change = drift(resident, settle)
-    print(f"library: {runs} stylizations at {size} px in {time.perf_counter() - started:.0f} s; resident after "
-          f"run {settle}: {reference:.0f} MiB, highest after: {highest:.0f} MiB, drift {100 * change:+.1f}%; "
-          f"first {resident[0]:.0f}, last {resident[-1]:.0f} MiB")
+    print(f"library: {runs} stylizations at {size} px in {time.perf_counter() - started:.0f} s; resident memory "
+          + drift(resident, settle))
     if allocated:
         print(f"  CUDA allocated after each run: first {allocated[0]:.1f} MiB, min {min(allocated):.1f}, "
               f"max {max(allocated):.1f}, last {allocated[-1]:.1f}")
@@ -95,10 +101,8 @@ def soak_server(runs: int, size: int, settle: int) -> None:
                 server.run(graph)
                 resident.append(server.resident_mib())
             seconds = time.perf_counter() - started
-        reference, highest, change = drift(resident, settle)
-        print(f"server: {runs} prompts at {size} px in {seconds:.0f} s; resident after run {settle}: "
-              f"{reference:.0f} MiB, highest after: {highest:.0f} MiB, drift {100 * change:+.1f}%; "
-              f"first {resident[0]:.0f}, last {resident[-1]:.0f} MiB")
+        print(f"server: {runs} prompts at {size} px in {seconds:.0f} s; the server's resident memory "
+              + drift(resident, settle))
 
 
 def cancel_latency(size: int, delay: float) -> float:
@@ -117,13 +121,13 @@ def cancel_latency(size: int, delay: float) -> float:
     pressed = threading.Event()
     stopped: dict[str, float] = {}
 
-    def check() -> None:  # what ComfyUI's interrupt check does at every tick
+    def check() -> None:  # what ComfyUI's interrupt check does at every tick and Cancel check
         if pressed.is_set():
             raise Cancelled()
 
     def work() -> None:
         try:
-            with progress_callback(check), torch.inference_mode():
+            with progress_callback(check, None, check), torch.inference_mode():
                 stylize_images(model, content, style, Controls(seed=0))
         except Cancelled:
             pass
@@ -136,6 +140,25 @@ def cancel_latency(size: int, delay: float) -> float:
     pressed.set()
     thread.join()
     return stopped["at"] - pressed_at
+
+
+def longest_gap(size: int) -> tuple[float, float]:
+    """(the longest time between two Cancel checks in a whole stylization at ``size`` px, the
+    run's seconds): the worst case of the Cancel latency, wherever the button is pressed."""
+    import torch
+
+    from mambast.pipeline import Controls, stylize_images
+    from mambast.progress import progress_callback
+    from stylize import bench_inputs, build_model
+
+    model = build_model("chunked")
+    content, style = bench_inputs(size, size)
+    stamps = [time.perf_counter()]
+    with progress_callback(lambda: stamps.append(time.perf_counter()), None,
+                           lambda: stamps.append(time.perf_counter())), torch.inference_mode():
+        stylize_images(model, content, style, Controls(seed=0))
+    stamps.append(time.perf_counter())
+    return max(b - a for a, b in zip(stamps, stamps[1:])), stamps[-1] - stamps[0]
 
 
 def main() -> None:
@@ -164,6 +187,9 @@ def main() -> None:
             latencies = [cancel_latency(size, delay) for delay in args.cancel_after]
             print(f"cancel at {size} px: " + ", ".join(f"{1000 * s:.0f} ms (pressed at {d} s)"
                                                       for s, d in zip(latencies, args.cancel_after)))
+            gap, seconds = longest_gap(size)
+            print(f"  longest time between two Cancel checks in a whole {size} px run ({seconds:.0f} s): "
+                  f"{1000 * gap:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MambaSTConfig
-from .progress import tick
+from .progress import cancel_point, tick
 from .scan import resolve_backend, runnable_backend, selective_scan
 from .scan.contract import records_gradients
 from .scan.chunked import selective_scan_chunked_directions
@@ -36,18 +36,38 @@ def _add_residual(out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     return out.add_(residual) if _reusable() else out + residual
 
 
+# Large grids go through the dense layers in bands of rows of about this many multiply-accumulates,
+# with a Cancel check between bands: a whole layer at 2048 px is seconds on a small CPU.
+BAND_MACS = 4 * 2**30
+
+
 def grid_linear(tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(tokens, weight)`` (no bias) on a (B, h, w, C) token grid.
 
     On CPUs it runs as a 1x1 convolution of the channels-last grid: oneDNN's convolution is
     15-35% faster here than the BLAS matrix product behind ``F.linear`` for these shapes
-    (bench/stylize.py), and it returns the same (B, h, w, out) layout. Elsewhere ``F.linear``.
+    (bench/stylize.py), and it returns the same (B, h, w, out) layout; grids larger than a band
+    go through in bands of rows written into the output, with a Cancel check between them.
+    Elsewhere ``F.linear``.
     """
     if tokens.device.type != "cpu" or tokens.dim() != 4 or not torch.backends.mkldnn.is_available():
         return F.linear(tokens, weight)
+    kernel = weight.reshape(*weight.shape, 1, 1)
+    batch, height, width, _ = tokens.shape
+    rows = max(1, BAND_MACS // max(1, batch * width * weight.numel()))
+    if height <= rows:
+        return _pointwise(tokens, kernel)
+    out = tokens.new_empty((batch, height, width, weight.shape[0]))
+    for top in range(0, height, rows):
+        cancel_point()
+        out[:, top:top + rows] = _pointwise(tokens[:, top:top + rows], kernel)
+    return out
+
+
+def _pointwise(tokens: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """A (B, h, w, C) grid through a 1x1 convolution, channels-last in and out: (B, h, w, out)."""
     grid = tokens.permute(0, 3, 1, 2)
-    return F.conv2d(grid.contiguous(memory_format=torch.channels_last),
-                    weight.reshape(*weight.shape, 1, 1)).permute(0, 2, 3, 1)
+    return F.conv2d(grid.contiguous(memory_format=torch.channels_last), kernel).permute(0, 2, 3, 1)
 
 
 class PatchEmbedding(nn.Module):
@@ -203,10 +223,14 @@ class SS2D(nn.Module):
         """
         batch, height, width, _ = x.shape
         content_rows, content_columns = self._token_sequences(x)
+        cancel_point()
         content_proj = self._project(content_rows, content_columns, self.x_proj_weight)
+        cancel_point()
         if self.cross:
             style_rows, style_columns = self._token_sequences(style_inner)
+            cancel_point()
             style_proj = self._project(style_rows, style_columns, self.style_proj_weight)
+            cancel_point()
             dt_low = [p[..., : self.dt_rank] for p in style_proj]
             B = [p[..., self.dt_rank:] for p in style_proj]
             C = content_proj
@@ -261,6 +285,7 @@ class VSSBlock(nn.Module):
             style = style.reshape(batch, height, width, channels)
         mixed = self.self_attention(self.ln_1(tokens).reshape(batch, height, width, channels), style)
         mixed = mixed.reshape(batch, length, channels)
+        cancel_point()
         if _reusable():
             return self.norm(mixed.addcmul_(tokens, self.skip_scale))
         return self.norm(tokens * self.skip_scale + mixed)

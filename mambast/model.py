@@ -12,7 +12,7 @@ from . import scan as scan_backends
 from .blocks import SCAN_PARAMETERS, SS2D, MambaBody, PatchEmbedding, build_cnn_decoder
 from .config import MambaSTConfig
 from .imaging import check_image, pad_to_multiple, padded_size
-from .progress import tick
+from .progress import cancel_point, tick
 from .shuffle import new_seed, style_permutations
 from .winograd import conv3x3, nnpack_available
 from .styles import GridCache, StyleMix, StyleSource, check_scale, fit_style_image, mix_tokens
@@ -247,12 +247,14 @@ class MambaST(nn.Module):
         elif image.device.type in _CHANNELS_LAST_DEVICES:
             # oneDNN and cuDNN convolve channels-last (NHWC) images faster (about 15% here on a CPU).
             image = image.contiguous(memory_format=torch.channels_last)
+        cancel_point()
         for layer in self.decoder:
             if isinstance(layer, nn.Conv2d):
                 image = conv3x3(layer, image) if winograd else layer(image)
                 tick()
-            else:
+            else:  # at full resolution an upsampling or padding alone takes a moment
                 image = layer(image)
+                cancel_point()
         image = image.float().contiguous()
         if size is not None:
             image = image[..., : size[0], : size[1]]

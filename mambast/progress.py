@@ -1,9 +1,11 @@
 """A progress hook the long loops call, so a host (ComfyUI) can advance a bar or cancel a run.
 
 The library never imports a host: it calls :func:`tick` between blocks and every few chunks of
-a scan, and :func:`replan` when a run starts over differently (smaller tiles after running out
-of memory); a host installs callbacks with :func:`progress_callback`. A callback may raise
-(e.g. ComfyUI's interrupt exception) to stop the computation at that point.
+a scan, :func:`cancel_point` inside long operations (bands of a large convolution or dense
+layer: places to stop that are not progress), and :func:`replan` when a run starts over
+differently (smaller tiles after running out of memory); a host installs callbacks with
+:func:`progress_callback`. A callback may raise (e.g. ComfyUI's interrupt exception) to stop the
+computation at that point.
 :class:`ProgressTracker` turns those calls into a bar that reaches its end exactly.
 """
 
@@ -13,8 +15,9 @@ import contextlib
 import contextvars
 from typing import Callable, Iterator, Sequence
 
-_callbacks: contextvars.ContextVar[tuple[Callable[[], None] | None, Callable[[int], None] | None]] = \
-    contextvars.ContextVar("mambast_progress", default=(None, None))
+_callbacks: contextvars.ContextVar[tuple[Callable[[], None] | None, Callable[[int], None] | None,
+                                         Callable[[], None] | None]] = \
+    contextvars.ContextVar("mambast_progress", default=(None, None, None))
 
 
 def tick() -> None:
@@ -31,11 +34,20 @@ def replan(ticks: int) -> None:
         on_replan(ticks)
 
 
+def cancel_point() -> None:
+    """A place where the host may stop the run (its check callback may raise); no progress."""
+    on_check = _callbacks.get()[2]
+    if on_check is not None:
+        on_check()
+
+
 @contextlib.contextmanager
-def progress_callback(on_tick: Callable[[], None] | None,
-                      on_replan: Callable[[int], None] | None = None) -> Iterator[None]:
-    """Install the callbacks for the duration of the ``with`` block (in this thread/context)."""
-    token = _callbacks.set((on_tick, on_replan))
+def progress_callback(on_tick: Callable[[], None] | None, on_replan: Callable[[int], None] | None = None,
+                      on_check: Callable[[], None] | None = None) -> Iterator[None]:
+    """Install the callbacks for the duration of the ``with`` block (in this thread/context).
+
+    ``on_check`` is called at each :func:`cancel_point` (a Cancel check that moves no bar)."""
+    token = _callbacks.set((on_tick, on_replan, on_check))
     try:
         yield
     finally:

@@ -13,6 +13,10 @@ goes through in bands of rows of at most ``BAND_PIXELS`` output pixels: the work
 under about 90 MB, and the bands run no slower (that convolution: about 0.5 s in bands of 32 or
 64 rows against 0.53 s whole, here; bands of 16 rows were slower).
 
+Bands are also kept to at most ``BAND_MACS`` multiply-accumulates, and Cancel is checked between
+them (:func:`mambast.progress.cancel_point`): the decoder's first convolution at 2048 px is
+77 G multiply-accumulates, seconds on a small CPU.
+
 Used for float32 CPU tensors when NNPACK is available; anything else, or an NNPACK failure,
 takes ``F.conv2d``.
 """
@@ -25,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .progress import cancel_point
+
 BAND_PIXELS = 32768
+BAND_MACS = 8 * 2**30
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,11 +63,13 @@ def _banded(layer: nn.Conv2d, image: torch.Tensor) -> torch.Tensor:
     """NNPACK's valid 3x3 convolution of NCHW ``image``, in bands of rows (each band reads the two
     rows below it too)."""
     height, width = image.shape[2] - 2, image.shape[3] - 2
-    rows = max(1, BAND_PIXELS // max(1, width))
+    pixels = min(BAND_PIXELS, BAND_MACS // max(1, layer.weight[0].numel() * layer.out_channels * image.shape[0]))
+    rows = max(1, pixels // max(1, width))
     if height <= rows:
         return torch._nnpack_spatial_convolution(image, layer.weight, layer.bias, [0, 0])
     out = image.new_empty((image.shape[0], layer.out_channels, height, width))
     for top in range(0, height, rows):
+        cancel_point()
         bottom = min(top + rows, height)
         out[:, :, top:bottom] = torch._nnpack_spatial_convolution(image[:, :, top:bottom + 2].contiguous(),
                                                                   layer.weight, layer.bias, [0, 0])

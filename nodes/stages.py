@@ -119,7 +119,7 @@ def _running(loaded: LoadedModel, planned: list[int], height: int, width: int, w
         tracker.tick()
 
     try:
-        with progress_callback(on_tick, tracker.replan), torch.inference_mode():
+        with progress_callback(on_tick, tracker.replan, host.throw_if_interrupted), torch.inference_mode():
             yield tracker
     except Exception as error:
         if not is_out_of_memory(error):

@@ -171,3 +171,40 @@ def test_inference_reuses_buffers_and_matches_the_autograd_path(small_model):
         traced.mean().backward()
     assert content.grad is not None and torch.isfinite(content.grad).all()
     assert (fast - traced.detach()).abs().max() <= 1e-4 * fast.abs().max()
+
+
+def test_dense_layers_in_bands_equal_the_whole_layer_and_check_cancel_between_bands(monkeypatch):
+    from mambast import blocks
+    from mambast.progress import progress_callback
+
+    g = torch.Generator().manual_seed(1)
+    tokens, weight = torch.randn(1, 13, 6, 24, generator=g), torch.randn(40, 24, generator=g)
+    whole = blocks.grid_linear(tokens, weight)
+    monkeypatch.setattr(blocks, "BAND_MACS", 4 * 6 * weight.numel())  # bands of 4 rows
+    checks = []
+    with progress_callback(None, None, lambda: checks.append(1)):
+        banded = blocks.grid_linear(tokens, weight)
+    assert len(checks) == 4  # rows 0-3, 4-7, 8-11, 12
+    assert torch.allclose(banded, whole, atol=1e-5, rtol=1e-5) and banded.shape == whole.shape
+
+
+def test_cancel_points_stop_a_run_inside_long_layers_without_moving_the_progress(small_model, monkeypatch):
+    from mambast import blocks
+    from mambast.progress import progress_callback
+
+    class Cancelled(Exception):
+        pass
+
+    monkeypatch.setattr(blocks, "BAND_MACS", 1)  # every row of the dense layers is a band
+    ticks, checks = [], []
+
+    def check():
+        checks.append(len(ticks))
+        if len(checks) == 30:
+            raise Cancelled()
+
+    content, style = images(1, 32, 40), images(1, 32, 32, seed=1)
+    with progress_callback(lambda: ticks.append(1), None, check), torch.inference_mode():
+        with pytest.raises(Cancelled):
+            small_model.stylize(content, style, seed=0)
+    assert len(checks) == 30 and len(ticks) < 30  # stopped between ticks, at a cancel point

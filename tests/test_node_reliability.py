@@ -334,3 +334,18 @@ def test_example_inputs_are_copied_without_overwriting_what_the_user_has(comfy, 
     with caplog.at_level(logging.WARNING):
         assert examples.install_example_inputs(blocked) == []
     assert "could not copy" in caplog.text
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (7, 7), (4, 4), (1, 10000)])
+def test_tiny_images_and_thin_strips_are_stylized_at_the_size_the_model_needs(comfy, monkeypatch, height, width):
+    stages = comfy.stages
+    loaded = stages.load_model("small.safetensors")
+    encode_content = type(loaded.model).encode_content
+    sizes = []
+    monkeypatch.setattr(type(loaded.model), "encode_content",
+                        lambda self, picture: sizes.append(tuple(picture.shape[-2:])) or encode_content(self, picture))
+    out = stages.stylize(loaded, image(1, height, width), image(1, 32, 32, seed=1), seed=0, processing_size=512)
+    assert out.shape == (1, height, width, 3) and torch.isfinite(out).all()
+    assert min(sizes[0]) == 8  # enlarged only to the 8 px the model needs, never to 512
+    with pytest.raises(ValueError, match="both sides must be at least 8"):  # the staged node says so
+        stages.encode_content(loaded, image(1, height, width))

@@ -65,3 +65,20 @@ def test_decoder_with_winograd_matches_the_ordinary_decoder(small_model, monkeyp
         monkeypatch.setattr("mambast.model.nnpack_available", lambda: False)
         ordinary = small_model.decode(features)
     assert (fast - ordinary).abs().max() <= 1e-4 * ordinary.abs().max()
+
+
+def test_heavy_convolutions_go_in_bands_of_bounded_work_with_cancel_checks_between(monkeypatch):
+    if not winograd.nnpack_available():
+        pytest.skip("this PyTorch build has no NNPACK")
+    from mambast.progress import progress_callback
+
+    layer = nn.Conv2d(16, 8, 3)
+    image = torch.randn(1, 16, 21, 34, generator=torch.Generator().manual_seed(2))
+    # 16 * 9 * 8 multiply-accumulates per output pixel; a cap of 3 rows of 32 pixels: 7 bands of the 19 rows.
+    monkeypatch.setattr(winograd, "BAND_MACS", 3 * 32 * 16 * 9 * 8)
+    checks = []
+    with torch.inference_mode(), progress_callback(None, None, lambda: checks.append(1)):
+        got = winograd.conv3x3(layer, image)
+    assert len(checks) == 7
+    expected = F.conv2d(image, layer.weight, layer.bias)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
