@@ -44,7 +44,19 @@ def drift(series: list[float], settle: int) -> str:
             f"20 {tail:.0f} MiB ({100 * (tail - head) / head:+.1f}%); first run {series[0]:.0f}, last {series[-1]:.0f} MiB")
 
 
-def soak_library(runs: int, size: int, settle: int) -> None:
+def release_free_heap() -> bool:
+    """Return the C allocator's free pages to the system (glibc's malloc_trim), so that what stays
+    resident is memory in use: a leak shows there, the allocator's caching does not."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def soak_library(runs: int, size: int, settle: int, trim: bool = False) -> None:
     import torch
 
     from mambast.pipeline import Controls, stylize_images
@@ -59,18 +71,23 @@ def soak_library(runs: int, size: int, settle: int) -> None:
         for run in range(runs):
             content, style = bench_inputs(size, size)
             stylize_images(model, content, style, Controls(seed=run))
+            if trim:
+                release_free_heap()
             resident.append(resident_mib())
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 allocated.append(torch.cuda.memory_allocated() / 2**20)
-    print(f"library: {runs} stylizations at {size} px in {time.perf_counter() - started:.0f} s; resident memory "
+    what = "resident memory once the allocator returned its free pages (memory in use)" if trim else "resident memory"
+    print(f"library: {runs} stylizations at {size} px in {time.perf_counter() - started:.0f} s; {what} "
           + drift(resident, settle))
     if allocated:
         print(f"  CUDA allocated after each run: first {allocated[0]:.1f} MiB, min {min(allocated):.1f}, "
               f"max {max(allocated):.1f}, last {allocated[-1]:.1f}")
 
 
-def soak_server(runs: int, size: int, settle: int) -> None:
+def soak_server(runs: int, size: int, settle: int, control: bool = False) -> list[float]:
+    """``runs`` all-in-one prompts through a real ComfyUI; with ``control`` a graph of core nodes
+    only (the same pictures scaled and previewed), to tell the server's own growth from ours."""
     from mambast.imaging import write_image
     from mambast.random_weights import random_official_tensors
     from stylize import bench_inputs
@@ -93,16 +110,25 @@ def soak_server(runs: int, size: int, settle: int) -> None:
                 "temporal_smoothing": 0.0}},
             "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
         }
+        if control:
+            graph["4"] = {"class_type": "ImageScaleBy", "inputs": {"image": ["2", 0], "upscale_method": "bilinear",
+                                                                   "scale_by": 1.0}}
+            del graph["1"], graph["3"]
         resident = []
         with running_comfyui(base, os.environ["COMFYUI_DIR"], os.environ.get("COMFYUI_PYTHON")) as server:
             started = time.perf_counter()
             for run in range(runs):
-                graph["4"]["inputs"]["seed"] = run  # a new seed: ComfyUI's cache does not skip the node
+                if control:  # a new value each time, so that ComfyUI's cache does not skip the node
+                    graph["4"]["inputs"]["scale_by"] = 1.0 + (run + 1) * 1e-4
+                else:
+                    graph["4"]["inputs"]["seed"] = run
                 server.run(graph)
                 resident.append(server.resident_mib())
             seconds = time.perf_counter() - started
-        print(f"server: {runs} prompts at {size} px in {seconds:.0f} s; the server's resident memory "
+        kind = "core-node prompts (control)" if control else "prompts"
+        print(f"server: {runs} {kind} at {size} px in {seconds:.0f} s; the server's resident memory "
               + drift(resident, settle))
+        return resident
 
 
 def cancel_latency(size: int, delay: float) -> float:
@@ -171,15 +197,22 @@ def main() -> None:
                         help="seconds into the run at which Cancel is pressed (one trial each)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["library", "server", "cancel"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--control", action="store_true",
+                        help="server: also run the same number of core-node prompts, to compare the server's growth")
+    parser.add_argument("--trim", action="store_true",
+                        help="library: return the C allocator's free pages (malloc_trim) after each run before "
+                             "sampling, so that what is measured is the memory in use")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     if "library" not in args.skip:
-        soak_library(args.runs, args.size, args.settle)
+        soak_library(args.runs, args.size, args.settle, args.trim)
     if "server" not in args.skip:
         if os.environ.get("COMFYUI_DIR"):
             soak_server(args.runs, args.size, args.settle)
+            if args.control:
+                soak_server(args.runs, args.size, args.settle, control=True)
         else:
             print("server: skipped (set COMFYUI_DIR to a ComfyUI checkout)")
     if "cancel" not in args.skip:

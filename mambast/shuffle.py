@@ -13,7 +13,9 @@ def new_seed() -> int:
     return secrets.randbits(63)
 
 
-@functools.lru_cache(maxsize=32)
+# A few entries: a batch, its tiles and a re-run share one seed. Each holds layers x tokens int64s
+# (50 MB at 4096 px), so the cache stays small.
+@functools.lru_cache(maxsize=4)
 def style_permutations(seed: int, tokens: int, layers: int) -> tuple[torch.Tensor, ...]:
     """One permutation of ``tokens`` style positions per MSTD layer, on the CPU.
 

@@ -66,7 +66,10 @@ def test_status_route_help_pages_and_frontend_extension_are_served(server):
     assert status["ok"] and status["device"] == "cpu" and status["scan"] == "chunked", status
     assert f"/extensions/{PACK_FOLDER}/js/mambast_status.js" in server.get("/extensions")
     assert b"MambaST Stylize" in server.get(f"/extensions/{PACK_FOLDER}/docs/MambaSTStylize.md")
-    assert PACK_FOLDER in server.get("/workflow_templates")
+    templates = server.get("/workflow_templates")[PACK_FOLDER]
+    assert "Stylize a picture (all in one)" in templates and len(templates) == 6
+    # The templates' pictures and clip are in the input folder, copied at start.
+    assert {p.name for p in (ROOT / "example_inputs").iterdir()} <= {p.name for p in (server.base / "input").iterdir()}
 
 
 def staged_graph(checkpoint: str, seed: int) -> dict:
