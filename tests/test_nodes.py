@@ -192,7 +192,8 @@ def test_cancel_is_checked_at_least_once_per_scan_chunk(comfy):
     scans = 2 * config.encoder_layers + config.decoder_layers
     chunks_per_scan = -(-(12 * 12) // chunked.DEFAULT_CHUNK)
     assert len(checks) >= scans * chunks_per_scan
-    assert len(checks) == resources.stylize_ticks(config, 96, 96, "chunked", style_images=1)
+    # Every progress tick is a check, and long layers add checks between their bands and phases.
+    assert len(checks) >= resources.stylize_ticks(config, 96, 96, "chunked", style_images=1)
 
 
 def test_status_reports_device_backend_and_whether_weights_load(comfy, tmp_path):
