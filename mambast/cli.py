@@ -159,9 +159,12 @@ def read_content(path: Path, size: int) -> torch.Tensor:
 
 def run_stylize(args: argparse.Namespace) -> int:
     from . import load
+    from .tiling import check_tile_size
 
-    if args.tile and (args.tile < 16 or args.tile % 8):
-        raise SystemExit(f"error: --tile {args.tile} must be 0 (off) or a multiple of 8 of at least 16.")
+    try:
+        check_tile_size(args.tile)
+    except ValueError as error:
+        raise SystemExit(f"error: --tile: {error}") from None
 
     contents = collect_images(args.content, "content")
     styles = collect_images(args.style, "style")

@@ -21,7 +21,7 @@ from .progress import replan
 from .resources import stylize_ticks
 from .shuffle import new_seed
 from .styles import StyleMix, StyleSource, pending_style_images
-from .tiling import Region, run_in_tiles, tile_count, with_smaller_tiles_on_out_of_memory
+from .tiling import Region, check_tile_size, run_in_tiles, tile_count, with_smaller_tiles_on_out_of_memory
 
 COLOUR_MODES = ("style", "keep content", "match style to content")
 
@@ -46,8 +46,7 @@ class Controls:
     def __post_init__(self):
         if self.colour not in COLOUR_MODES:
             raise ValueError(f"colour must be one of {', '.join(COLOUR_MODES)}; got {self.colour!r}.")
-        if self.tile and (self.tile < 16 or self.tile % 8):
-            raise ValueError(f"tile size must be 0 (off) or a multiple of 8 of at least 16; got {self.tile}.")
+        check_tile_size(self.tile)
         if self.processing_size < 0:
             raise ValueError(f"processing size must be 0 (keep the input size) or positive; "
                              f"got {self.processing_size}.")

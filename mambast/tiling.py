@@ -90,9 +90,14 @@ def blend_weights(length: int, tile: int, overlap: int) -> list[torch.Tensor]:
     return weights
 
 
+def check_tile_size(tile: int) -> None:
+    """Raise a ValueError unless ``tile`` is 0 (no tiles) or a tile size the tiling accepts."""
+    if tile and (tile < 16 or tile % 8):
+        raise ValueError(f"tile size must be 0 (off) or a multiple of 8 pixels of at least 16; got {tile}.")
+
+
 def _check_tile(tile: int, overlap: int) -> None:
-    if tile < 16 or tile % 8:
-        raise ValueError(f"tile size {tile} must be a multiple of 8 pixels and at least 16 (0 turns tiling off).")
+    check_tile_size(tile)
     if overlap < 1 or overlap > tile // 4:
         raise ValueError(f"tile overlap {overlap} must be between 1 and a quarter of the tile ({tile // 4}).")
 
