@@ -261,11 +261,34 @@ class SS2D(nn.Module):
             columns_sum.view(batch, width, height, self.d_inner).transpose(1, 2))
 
 
+# The reference trains its cross (MSTD) blocks with DropPath(0.1) on the SS2D branch and its
+# self blocks with none.
+CROSS_DROP_PATH = 0.1
+
+
+def drop_path(branch: torch.Tensor, probability: float) -> torch.Tensor:
+    """Stochastic depth (timm's ``DropPath``): drop ``branch`` (B, ...) for whole samples.
+
+    Each sample's branch is kept with probability ``1 - probability`` and then scaled by its
+    inverse, so the expectation is unchanged. The draw is a Bernoulli on the branch's device
+    from the global generator, as in timm.
+    """
+    if probability <= 0.0:
+        return branch
+    keep = 1.0 - probability
+    mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.dim() - 1)).bernoulli_(keep)
+    if keep > 0.0:
+        mask.div_(keep)
+    return branch * mask
+
+
 class VSSBlock(nn.Module):
-    """``norm(x * skip_scale + SS2D(ln_1(x), style))`` on (B, L, d_model) tokens of an h x w grid.
+    """``norm(x * skip_scale + drop_path(SS2D(ln_1(x), style)))`` on (B, L, d_model) tokens of an h x w grid.
 
     In cross blocks the style tokens skip ``ln_1`` (as in the reference) and are reordered by
-    ``permutation`` first, when one is given.
+    ``permutation`` first, when one is given. ``drop_path`` (a probability: 0.1 in cross blocks,
+    0 in self blocks, as the reference trains them) acts only in training mode; in eval mode the
+    branch passes untouched.
     """
 
     def __init__(self, config: MambaSTConfig, cross: bool = False):
@@ -274,6 +297,7 @@ class VSSBlock(nn.Module):
         self.self_attention = SS2D(config, cross)
         self.skip_scale = nn.Parameter(torch.ones(config.d_model))
         self.norm = nn.LayerNorm(config.d_model)
+        self.drop_path = CROSS_DROP_PATH if cross else 0.0
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int], style: torch.Tensor | None = None,
                 permutation: torch.Tensor | None = None) -> torch.Tensor:
@@ -285,6 +309,8 @@ class VSSBlock(nn.Module):
             style = style.reshape(batch, height, width, channels)
         mixed = self.self_attention(self.ln_1(tokens).reshape(batch, height, width, channels), style)
         mixed = mixed.reshape(batch, length, channels)
+        if self.training:
+            mixed = drop_path(mixed, self.drop_path)
         cancel_point()
         if _reusable():
             return self.norm(mixed.addcmul_(tokens, self.skip_scale))

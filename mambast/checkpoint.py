@@ -126,7 +126,9 @@ def _first_sentence(error: BaseException, limit: int = 200) -> str:
     return f"{type(error).__name__}: {sentence[:limit]}"
 
 
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+def load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A ``torch.save`` file's tensors, read with ``weights_only=True``: a pickle that would run
+    code is refused; a file of another kind gets a :class:`CheckpointError` that says what it is."""
     _, head = _open_weights_file(path)
     # Files written by torch.save are zip archives, or for the legacy format a pickle (protocol byte 0x80).
     what = None if head.startswith((b"PK\x03\x04", b"\x80")) else _describe_content(head)
@@ -185,7 +187,7 @@ def read_official_folder(folder: Path) -> Checkpoint:
     entries = sorted(p for p in folder.iterdir() if suffix_of(p) in PICKLE_SUFFIXES)
     candidates = [p for p in entries if p.is_file()]
     for path in candidates:
-        state = _load_pickle(path)
+        state = load_pickle(path)
         kind = classify_state_dict(state)
         if kind in PARTS:
             found.setdefault(kind, []).append(path)
@@ -290,7 +292,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if suffix in SAFETENSORS_SUFFIXES:
         return read_safetensors(path)
     if suffix in PICKLE_SUFFIXES:
-        state = _load_pickle(path)
+        state = load_pickle(path)
         if all(k.split(".", 1)[0] in PARTS for k in state):
             return Checkpoint(state, {}, str(path))
         raise CheckpointError(f"{path}: a single .pth must hold all three parts under the prefixes decoder./"

@@ -1,4 +1,4 @@
-"""``python -m mambast``: stylize image files and convert official weights."""
+"""``python -m mambast``: stylize image files, convert official weights, train."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from .checkpoint import DTYPES, PICKLE_SUFFIXES, CheckpointError, convert_to_saf
 from .imaging import IMAGE_SUFFIXES, ImageFileError, read_image, resize_shorter_side, write_image
 from .scan import CHOICES as SCAN_CHOICES
 from .shuffle import new_seed
+
+if TYPE_CHECKING:
+    from .training.distributed import Ranks
 
 CHECKPOINT_ENV = "MAMBAST_CHECKPOINT"
 DEFAULT_FOLDER = Path("models") / "mambast"
@@ -64,8 +68,10 @@ def find_checkpoint(explicit: str | None) -> Path:
 class StylizeRun:
     """What a ``stylize`` run did so far, its progress bar and its messages on stderr."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, show_bar: bool = True, prefix: str = ""):
         self.total, self.done, self.started = total, 0, time.perf_counter()
+        # Under torchrun only rank 0 draws the bar; every rank's messages carry its rank.
+        self.show_bar, self.prefix = show_bar, prefix
         self.written = self.kept = self.failed_pairs = 0
         self.unreadable: dict[Path, str] = {}  # input -> why it was skipped, said once
         self.written_by: dict[Path, str] = {}  # output -> the pair that wrote it in this run
@@ -76,12 +82,14 @@ class StylizeRun:
         if self._bar_open:
             sys.stderr.write("\n")
             self._bar_open = False
-        sys.stderr.write(message + "\n")
+        sys.stderr.write(self.prefix + message + "\n")
         sys.stderr.flush()
 
     def advance(self, label: str) -> None:
         """One more pair dealt with (written, kept or failed): redraw the progress bar."""
         self.done += 1
+        if not self.show_bar:
+            return
         width = 24
         filled = width * self.done // self.total
         elapsed = time.perf_counter() - self.started
@@ -160,6 +168,7 @@ def read_content(path: Path, size: int) -> torch.Tensor:
 def run_stylize(args: argparse.Namespace) -> int:
     from . import load
     from .tiling import check_tile_size
+    from .training.distributed import rank_device
 
     try:
         check_tile_size(args.tile)
@@ -168,9 +177,12 @@ def run_stylize(args: argparse.Namespace) -> int:
 
     contents = collect_images(args.content, "content")
     styles = collect_images(args.style, "style")
+    ranks = torchrun_ranks_or_exit()
+    pairs = pairs_of_rank(contents, styles, ranks)
     try:
-        model = load(find_checkpoint(args.checkpoint), device=args.device, dtype=args.dtype, scan=args.scan)
-    except CheckpointError as error:
+        model = load(find_checkpoint(args.checkpoint), device=rank_device(args.device, ranks), dtype=args.dtype,
+                     scan=args.scan)
+    except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     seed = None if args.no_shuffle else (args.seed if args.seed is not None else new_seed())
     output = Path(args.output)
@@ -178,20 +190,53 @@ def run_stylize(args: argparse.Namespace) -> int:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SystemExit(f"error: cannot make the output folder {output}: {error.strerror or error}.") from None
-    run = StylizeRun(len(contents) * len(styles))
-    print(f"Stylizing {len(contents)} content x {len(styles)} style image(s) on {model.device} "
-          f"({model.dtype}, {model.scan_backend} scan), seed {seed if seed is not None else 'none (no shuffle)'}",
-          file=sys.stderr)
+    count = sum(len(its_styles) for _, its_styles in pairs)
+    run = StylizeRun(count, show_bar=ranks.is_main,
+                     prefix=f"rank {ranks.rank}: " if ranks.distributed else "")
+    share = f", {count} pair(s) on this rank of {ranks.world_size}" if ranks.distributed else ""
+    run.say(f"Stylizing {len(contents)} content x {len(styles)} style image(s){share} on {model.device} "
+            f"({model.dtype}, {model.scan_backend} scan), seed {seed if seed is not None else 'none (no shuffle)'}")
     try:
         with torch.inference_mode():
-            for content_path in contents:
-                stylize_content(model, args, content_path, styles, output, seed, run)
+            for content_path, its_styles in pairs:
+                stylize_content(model, args, content_path, its_styles, output, seed, run)
     except KeyboardInterrupt:
         # write_image has removed its temporary file: every output on disk is whole.
         run.say(f"Interrupted. {run.summary()}")
         return 130
     run.say(run.summary())
     return 1 if run.failed else 0
+
+
+def torchrun_ranks_or_exit() -> "Ranks":
+    """This process's place under torchrun (rank 0 of 1 alone); a bad environment exits with its error."""
+    from .training.distributed import torchrun_ranks
+
+    try:
+        return torchrun_ranks()
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def pairs_of_rank(contents: list[Path], styles: list[Path], ranks: "Ranks") -> list[tuple[Path, list[Path]]]:
+    """The content x style pairs this rank stylizes, grouped by content (each content is encoded once).
+
+    Pair number i (content-major) goes to rank i mod N, where N processes run under torchrun;
+    pairs that would write the same output file (photo.png and photo.jpg) go to the rank of the
+    first of them, so that no two ranks ever write one file: that rank names the clash.
+    """
+    first_pair_of: dict[str, int] = {}
+    mine: dict[Path, list[Path]] = {}
+    for number, (content, style) in enumerate((c, s) for c in contents for s in styles):
+        owner = first_pair_of.setdefault(output_name(content, style), number) % ranks.world_size
+        if owner == ranks.rank:
+            mine.setdefault(content, []).append(style)
+    return list(mine.items())
+
+
+def output_name(content: Path, style: Path) -> str:
+    """The file name of the stylization of ``content`` with ``style``."""
+    return f"{content.stem}_stylized_{style.stem}.png"
 
 
 def stylize_content(model, args: argparse.Namespace, content_path: Path, styles: list[Path], output: Path,
@@ -203,7 +248,7 @@ def stylize_content(model, args: argparse.Namespace, content_path: Path, styles:
     content = None
     for style_path in styles:
         pair = f"{content_path.name} x {style_path.name}"
-        target = output / f"{content_path.stem}_stylized_{style_path.stem}.png"
+        target = output / output_name(content_path, style_path)
         if output_is_free(target, pair, args.overwrite, run):
             if content is None and content_path not in run.unreadable:
                 content = prepare_content(model, args, content_path, run)
@@ -283,6 +328,40 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from .training import distributed
+    from .training.data import TrainingDataError
+    from .training.losses import LossWeights
+    from .training.state import TrainingStateError
+    from .training.trainer import Trainer, TrainingOptions
+    from .training.vgg import VGGWeightsNotFound
+
+    options = TrainingOptions(
+        content_dir=Path(args.content_dir), style_dir=Path(args.style_dir), vgg=Path(args.vgg), out=Path(args.out),
+        init=Path(args.init) if args.init else None, layers=args.layers, max_iter=args.max_iter,
+        batch_size=args.batch_size, lr=args.lr, crop=args.crop, load_size=args.load_size,
+        weights=LossWeights(args.content_weight, args.style_weight, args.identity1_weight, args.identity2_weight),
+        save_every=args.save_every, preview_every=args.preview_every, log_every=args.log_every,
+        precision=args.precision, device=args.device, workers=args.workers, seed=args.seed, resume=args.resume)
+    try:
+        try:
+            # Setting up reads every input (options, VGG, checkpoint, folders, state): its ValueErrors
+            # are about them. Once running, only the data can fail that way.
+            trainer = Trainer(options)
+        except (VGGWeightsNotFound, ValueError) as error:
+            raise SystemExit(f"error: {error}") from None
+        try:
+            reached = trainer.run()
+        except TrainingDataError as error:
+            raise SystemExit(f"error: {error}") from None
+        except KeyboardInterrupt:
+            print("Interrupted; the last saved state is in " f"{options.out}.", file=sys.stderr)
+            return 130
+    finally:
+        distributed.stop()
+    return 0 if reached >= options.max_iter else 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mambast", description="Mamba-ST style transfer.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -322,7 +401,70 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("destination", help="output .safetensors file")
     convert.add_argument("--dtype", choices=list(DTYPES), default="float32")
     convert.set_defaults(run=run_convert)
+    add_train_parser(commands)
     return parser
+
+
+def add_train_parser(commands) -> None:
+    """``train``: the reference's recipe by default, on one process or many (torchrun)."""
+    from .training.trainer import PRECISIONS, TrainingOptions
+    from .training.losses import LossWeights
+
+    defaults, weights = TrainingOptions(Path(), Path(), Path()), LossWeights()
+    train = commands.add_parser(
+        "train", help="train (or fine-tune) Mamba-ST on folders of content and style images",
+        description="Train Mamba-ST as the reference does: Adam over all its parameters on the content, style and "
+                    "identity losses of VGG-19 features, random crops of resized images, the official three "
+                    "checkpoint files (and one .safetensors) in OUT/iter_<N>/ every --save-every iterations. "
+                    "OUT also gets training_state.pt (for --resume), train_log.jsonl, previews/ (content | style | "
+                    "stylized) and tensorboard/ when TensorBoard is installed. Ctrl-C or SIGTERM stops after the "
+                    "current iteration with the state saved. On several GPUs or processes run it under torchrun: "
+                    "torchrun --nproc_per_node N -m mambast train ... (data parallel, each process with its own "
+                    "images and draws; process 0 writes the files).")
+    train.add_argument("--content-dir", required=True,
+                       help="folder of content images (photographs, e.g. MS-COCO), flat or one level of sub-folders")
+    train.add_argument("--style-dir", required=True,
+                       help="folder of style images (paintings, e.g. WikiArt), flat or one level of sub-folders")
+    train.add_argument("--vgg", required=True,
+                       help="the reference's vgg_normalised.pth (or a .safetensors with its keys), for the losses")
+    train.add_argument("--init", help="start from these weights (an official folder or a .safetensors: "
+                                      "fine-tuning) instead of a new network")
+    train.add_argument("--layers", type=int, default=defaults.layers,
+                       help="encoder and decoder blocks of a new network (ignored with --init)")
+    train.add_argument("--out", default=str(defaults.out), help="folder for checkpoints, state, log and previews")
+    train.add_argument("--max-iter", type=int, default=defaults.max_iter, help="iterations to train to")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help="images per iteration and per process: under torchrun with N processes an iteration "
+                            "sees N times as many")
+    train.add_argument("--lr", type=float, default=defaults.lr,
+                       help="Adam's constant learning rate (the reference's default; its script passes 1e-4)")
+    train.add_argument("--crop", type=int, default=defaults.crop,
+                       help="side of the random square crops (multiple of 8, at least 32)")
+    train.add_argument("--load-size", type=int, default=defaults.load_size,
+                       help="images are resized to this square before cropping")
+    for name, help_text in (("content", "content loss"), ("style", "style loss"),
+                            ("identity1", "identity loss on pixels"), ("identity2", "identity loss on VGG features")):
+        train.add_argument(f"--{name}-weight", type=float, default=getattr(weights, name),
+                           help=f"weight of the {help_text}")
+    train.add_argument("--save-every", type=int, default=defaults.save_every,
+                       help="iterations between checkpoints (one is also written at the end)")
+    train.add_argument("--preview-every", type=int, default=defaults.preview_every,
+                       help="iterations between preview images (0: none)")
+    train.add_argument("--log-every", type=int, default=defaults.log_every,
+                       help="iterations per line of train_log.jsonl (each line holds their means)")
+    train.add_argument("--precision", choices=list(PRECISIONS), default=defaults.precision,
+                       help="autocast dtype of the dense layers (fp16 with loss scaling); the scan stays float32")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: the best available; under torchrun "
+                                        "each process takes the GPU of its local rank)")
+    train.add_argument("--workers", type=int, default=defaults.workers,
+                       help="processes reading images ahead, per image stream (0: read in the training process); "
+                            "the images are the same whatever the number")
+    train.add_argument("--seed", type=int, default=defaults.seed,
+                       help="seed of the initial weights, the data order and crops, the style permutations and "
+                            "DropPath")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --out (exactly as if it had not stopped)")
+    train.set_defaults(run=run_train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ SMALL_CONFIG = MambaSTConfig(d_model=64, d_state=8, d_inner=128, dt_rank=4, enco
                              decoder_channels=(64, 32, 32, 32, 32, 16, 16, 8, 8, 3))
 
 
-def _unused_official_tensors(config: MambaSTConfig) -> dict[str, tuple[int, ...]]:
+def unused_official_tensors(config: MambaSTConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the tensors the official files carry but inference never reads."""
     shapes: dict[str, tuple[int, ...]] = {
         "mamba.new_ps.weight": (config.d_model, config.d_model, 1, 1),
@@ -42,7 +42,7 @@ def random_official_tensors(config: MambaSTConfig | None = None, seed: int = 0) 
     generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in MambaST(config).state_dict().items()}
-    shapes.update(_unused_official_tensors(config))
+    shapes.update(unused_official_tensors(config))
     tensors: dict[str, torch.Tensor] = {}
     for key, shape in sorted(shapes.items()):
         name = key.rsplit(".", 1)[-1]

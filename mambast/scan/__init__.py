@@ -5,10 +5,14 @@ Backends:
 - ``chunked``: the state carried token by token inside chunks whose discretisation is built at
   once; the default on CPU and MPS, and on CUDA when mamba_ssm is not installed. SS2D runs it
   through :func:`selective_scan_chunked_directions`, which scans the four directions token-major
-  without building their copies (reversed directions are scanned backwards).
+  without building their copies (reversed directions are scanned backwards). Under autograd it
+  keeps only the state at each chunk boundary and recomputes the chunks in backward
+  (:mod:`mambast.scan.chunked_backward`), so training keeps O(B*D*N*L/chunk), not O(B*D*N*L).
 - ``triton``: our own Triton kernel (:mod:`mambast.scan.triton_scan`): the whole scan in one
   launch, the four SS2D directions by index arithmetic. Used automatically on CUDA (and ROCm)
-  when Triton imports and mamba_ssm does not. Inference only: under autograd ``chunked`` runs.
+  when Triton imports and mamba_ssm does not. Under autograd (training) its backward kernel
+  (:mod:`mambast.scan.triton_backward`) runs on a GPU once a small scan on that GPU has shown
+  it gives the chunked scan's gradients (:func:`triton_trains_on`); otherwise ``chunked`` does.
 - ``mamba_ssm``: the CUDA kernel of the mamba_ssm package, used automatically when it imports
   and the tensors are on CUDA.
 
@@ -18,7 +22,9 @@ environment variable, else the automatic rule above.
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from typing import Callable
 
 import torch
@@ -79,12 +85,37 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
 
 def runnable_backend(name: str, device: torch.device, needs_grad: bool) -> str:
     """``name`` if it can run here, else ``chunked``: the GPU kernels need CUDA tensors (Triton's
-    interpreter, ``TRITON_INTERPRET=1``, runs ours on any device) and ours has no backward pass."""
+    interpreter, ``TRITON_INTERPRET=1``, runs ours on any device for inference), and our kernel
+    trains only on a GPU where its backward pass has passed :func:`triton_trains_on`."""
     if name == "mamba_ssm" and device.type != "cuda":
         return "chunked"
-    if name == "triton" and (needs_grad or (device.type != "cuda" and not triton_interpreted())):
-        return "chunked"
+    if name == "triton":
+        if needs_grad:
+            return "triton" if device.type == "cuda" and triton_trains_on(device) else "chunked"
+        if device.type != "cuda" and not triton_interpreted():
+            return "chunked"
     return name
+
+
+@functools.lru_cache(maxsize=None)
+def triton_trains_on(device: torch.device) -> bool:
+    """Whether our Triton scan's backward pass gives the chunked scan's gradients on ``device``.
+
+    Checked once per device and process, on a small scan, before any training step uses the
+    kernel (:func:`mambast.scan.triton_backward.disagreement_with_chunked`): a Triton version
+    that compiles the kernel differently, or not at all, costs speed (the chunked scan trains
+    instead, with a warning that says why), never wrong gradients.
+    """
+    try:
+        from .triton_backward import disagreement_with_chunked
+
+        problem = disagreement_with_chunked(device)
+    except Exception as error:  # a compiler or launch failure: the kernel cannot train here
+        problem = f"it failed: {type(error).__name__}: {error}"
+    if problem is not None:
+        warnings.warn(f"The Triton scan's backward pass is not used on {device}: {problem}. Training runs the "
+                      "chunked scan instead (slower on a GPU, same gradients).", RuntimeWarning, stacklevel=2)
+    return problem is None
 
 
 def selective_scan(
@@ -111,5 +142,5 @@ def selective_scan(
 
 __all__ = ["BACKENDS", "CHOICES", "ENV_VARIABLE", "check_scan_shapes", "mamba_ssm_available",
            "resolve_backend", "runnable_backend", "selective_scan", "selective_scan_chunked",
-           "selective_scan_chunked_directions", "selective_scan_reference", "triton_available",
+           "selective_scan_chunked_directions", "selective_scan_reference", "triton_available", "triton_trains_on",
            "validate_backend_name"]

@@ -7,6 +7,9 @@ the input so the buffer ends up holding every state of the chunk, which C reads 
 Bias, softplus and the skip term D also run once per chunk. A Python-level loop over tokens
 costs microseconds per token; the work that grows with N runs in large vectorised operations.
 
+Under autograd the same loop runs inside :mod:`mambast.scan.chunked_backward`'s function, which
+keeps only the state at each chunk boundary and recomputes a chunk at a time in backward.
+
 SS2D calls :func:`selective_scan_chunked_directions` instead: the same recurrence on its
 token-major tensors, the four directions at once in state-major (N, D) buffers, the reversed
 directions walked backwards by index arithmetic, so that the stacked, flipped and transposed
@@ -20,6 +23,7 @@ whatever delta and A: every factor ``exp(delta * A)`` lies in [0, 1].
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -42,46 +46,111 @@ def selective_scan_chunked(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     chunk: int = DEFAULT_CHUNK,
+    recompute: bool = True,
 ) -> torch.Tensor:
-    """Chunked selective scan; shapes as in :func:`mambast.scan.selective_scan`."""
+    """Chunked selective scan; shapes as in :func:`mambast.scan.selective_scan`.
+
+    Under autograd, ``recompute`` (the default) keeps only the (B, D, N) state at each chunk
+    boundary for backward and recomputes the chunks there (:mod:`mambast.scan.chunked_backward`):
+    O(B*D*N*L/chunk) kept instead of O(B*D*N*L). ``recompute=False`` lets autograd record every
+    chunk's temporaries: the baseline bench/scan_backward.py measures against, and the path to
+    take for second derivatives (the recomputing backward is not itself differentiable).
+    """
     check_scan_shapes(u, delta, A, B, C)
-    batch, channels, length = u.shape
-    groups, state_size = B.shape[1], A.shape[1]
-    per_group, flat = channels // groups, batch * groups
+    needs_grad = records_gradients(u, delta, A, B, C, D, delta_bias)
+    if needs_grad and recompute:
+        # Imported here: the backward module builds on this one's layout and chunk loop.
+        from .chunked_backward import selective_scan_chunked_recomputing
 
-    def per_channel(vector: torch.Tensor) -> torch.Tensor:
-        """(D,) or (D, N) parameters -> (B*G, 1, D/G, ...) aligned with the token-major buffers."""
-        grouped = vector.float().reshape(1, groups, 1, per_group, *vector.shape[1:])
-        return grouped.expand(batch, *grouped.shape[1:]).reshape(flat, 1, per_group, *vector.shape[1:])
+        return selective_scan_chunked_recomputing(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
+    return scan_chunks(ChunkLayout.of(u, delta, A, B, C, D, delta_bias), delta_softplus, chunk, inplace=not needs_grad)
 
-    u_g = u.reshape(flat, per_group, length)
-    delta_g = delta.reshape(flat, per_group, length)
-    # exp(delta * A) is computed as exp2(delta * A * log2(e)): the same value to a few ulp, and
-    # exp2 is over twice as fast as exp on CPUs.
-    rate = per_channel(A).transpose(1, 2) * _LOG2_E  # (BG, Dg, 1, N)
-    bias = per_channel(delta_bias).transpose(1, 2) if delta_bias is not None else None  # (BG, Dg, 1)
-    skip = per_channel(D).transpose(1, 2) if D is not None else None
-    # Token-major B and C (small: they have no channel dimension).
-    B_tokens = B.float().reshape(flat, state_size, length).transpose(1, 2).contiguous().unsqueeze(1)  # (BG, 1, L, N)
-    C_tokens = C.float().reshape(flat, state_size, length).transpose(1, 2).contiguous().unsqueeze(1)
 
-    inplace = not records_gradients(u, delta, A, B, C, D, delta_bias)
-    # Inference reuses two chunk-sized buffers; under autograd every chunk allocates its own.
-    buffers = [u.new_empty((flat, per_group, chunk, state_size), dtype=torch.float32) for _ in range(2)] \
+@dataclass
+class ChunkLayout:
+    """The scan's operands laid out for the chunk loop, in the compute dtype.
+
+    Channel d of the contract layout is member d % (D/G) of group d // (D/G); the loop works on
+    (B*G, D/G, ...) views so that each group's B and C broadcast over its channels.
+    """
+
+    u: torch.Tensor  # (BG, Dg, L)
+    delta: torch.Tensor  # (BG, Dg, L), raw: before bias and softplus
+    A: torch.Tensor  # (BG, Dg, 1, N), broadcast over the batch
+    rate: torch.Tensor  # A * log2(e), (BG, Dg, 1, N)
+    bias: torch.Tensor | None  # delta_bias (BG, Dg, 1)
+    skip: torch.Tensor | None  # D (BG, Dg, 1)
+    B: torch.Tensor  # token-major (BG, 1, L, N)
+    C: torch.Tensor  # token-major (BG, 1, L, N)
+    batch: int
+    groups: int
+
+    @classmethod
+    def of(cls, u, delta, A, B, C, D, delta_bias, dtype: torch.dtype = torch.float32) -> "ChunkLayout":
+        """Lay out contract-shaped operands (see :func:`mambast.scan.selective_scan`); computing
+        in ``dtype`` (float32 by the contract; float64 lets tests check gradients tightly)."""
+        batch, channels, length = u.shape
+        groups, state_size = B.shape[1], A.shape[1]
+        per_group, flat = channels // groups, batch * groups
+
+        def per_channel(vector: torch.Tensor) -> torch.Tensor:
+            """(D,) or (D, N) parameters -> (B*G, D/G, 1, ...) aligned with the token-major buffers."""
+            grouped = vector.to(dtype).reshape(1, groups, per_group, 1, *vector.shape[1:])
+            return grouped.expand(batch, *grouped.shape[1:]).reshape(flat, per_group, 1, *vector.shape[1:])
+
+        A_channels = per_channel(A)
+        return cls(
+            u=u.reshape(flat, per_group, length),
+            delta=delta.reshape(flat, per_group, length),
+            A=A_channels,
+            # exp(delta * A) is computed as exp2(delta * A * log2(e)): the same value to a few ulp,
+            # and exp2 is over twice as fast as exp on CPUs.
+            rate=A_channels * _LOG2_E,
+            bias=per_channel(delta_bias) if delta_bias is not None else None,
+            skip=per_channel(D) if D is not None else None,
+            # Token-major B and C (small: they have no channel dimension).
+            B=B.to(dtype).reshape(flat, state_size, length).transpose(1, 2).contiguous().unsqueeze(1),
+            C=C.to(dtype).reshape(flat, state_size, length).transpose(1, 2).contiguous().unsqueeze(1),
+            batch=batch,
+            groups=groups,
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.rate.dtype
+
+    def steps(self, start: int, stop: int, softplus: bool) -> torch.Tensor:
+        """delta of tokens start..stop-1 after its bias and softplus: (BG, Dg, T)."""
+        return _steps(self.delta[..., start:stop], self.bias, softplus, self.dtype)
+
+
+def scan_chunks(layout: ChunkLayout, softplus: bool, chunk: int, inplace: bool = True,
+                boundaries: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The chunk loop: y (B, D, L) in the layout's dtype.
+
+    ``inplace`` reuses two chunk-sized buffers (no autograd through them); without it every
+    chunk allocates its own, so that autograd can record them. ``boundaries``, when given,
+    receives the (BG, Dg, N) state before each chunk.
+    """
+    flat, per_group, length = layout.u.shape
+    state_size = layout.A.shape[-1]
+    buffers = [layout.u.new_empty((flat, per_group, chunk, state_size), dtype=layout.dtype) for _ in range(2)] \
         if inplace else None
-    state = u.new_zeros(flat, per_group, state_size, dtype=torch.float32)
-    y = u.new_empty((flat, per_group, length), dtype=torch.float32)
+    state = layout.u.new_zeros(flat, per_group, state_size, dtype=layout.dtype)
+    y = layout.u.new_empty((flat, per_group, length), dtype=layout.dtype)
     for start in range(0, length, chunk):
         tick()
         stop = min(start + chunk, length)
-        steps = _steps(delta_g[..., start:stop], bias, delta_softplus)  # (BG, Dg, T)
-        inputs = u_g[..., start:stop].float()
-        y_chunk, state = _scan_chunk(steps, inputs, rate, B_tokens[:, :, start:stop], C_tokens[:, :, start:stop],
+        if boundaries is not None:
+            boundaries.append(state)
+        inputs = layout.u[..., start:stop].to(layout.dtype)
+        y_chunk, state = _scan_chunk(layout.steps(start, stop, softplus), inputs, layout.rate,
+                                     layout.B[:, :, start:stop], layout.C[:, :, start:stop],
                                      state, buffers and [b[:, :, : stop - start] for b in buffers])
-        if skip is not None:
-            y_chunk = torch.addcmul(y_chunk, inputs, skip, out=y_chunk if inplace else None)
+        if layout.skip is not None:
+            y_chunk = torch.addcmul(y_chunk, inputs, layout.skip, out=y_chunk if inplace else None)
         y[..., start:stop] = y_chunk
-    return y.reshape(batch, channels, length)
+    return y.reshape(layout.batch, -1, length)
 
 
 def _scan_chunk(steps, inputs, rate, B_tokens, C_tokens, state, buffers):
@@ -97,9 +166,10 @@ def _scan_chunk(steps, inputs, rate, B_tokens, C_tokens, state, buffers):
     return readout.sum(-1), state
 
 
-def _steps(raw: torch.Tensor, bias: torch.Tensor | None, softplus: bool) -> torch.Tensor:
-    """delta for a chunk: float32, plus its bias, through softplus when asked."""
-    steps = raw.float()
+def _steps(raw: torch.Tensor, bias: torch.Tensor | None, softplus: bool,
+           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """delta for a chunk in ``dtype``, plus its bias, through softplus when asked."""
+    steps = raw.to(dtype)
     if bias is not None:
         steps = steps + bias
     return F.softplus(steps) if softplus else steps

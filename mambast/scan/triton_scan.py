@@ -19,9 +19,11 @@ programs (each writing a partial y), were 1.6x to 8x slower than states across t
 
 The arithmetic is the reference's update ``h = exp(delta * A) * h + delta * u * B`` in float32;
 the prefix scan only changes the order of the products (rounding-level differences).
-Inference only: there is no backward pass. Triton is imported lazily by the dispatcher, so the
-package works without it; ``TRITON_INTERPRET=1`` runs this kernel on a CPU (slowly), which is
-how the tests check it without a GPU.
+Under autograd :func:`selective_scan_triton` keeps the state before each chunk and has a backward
+kernel (:mod:`mambast.scan.triton_backward`); the direction-fused entry point is inference only.
+Triton is imported lazily by the dispatcher, so the package works without it;
+``TRITON_INTERPRET=1`` runs these kernels on a CPU (slowly), which is how the tests check them
+without a GPU.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .chunked import _LOG2_E
-from .contract import check_direction_shapes, check_scan_shapes
+from .contract import check_direction_shapes, check_scan_shapes, records_gradients
 
 # The fastest tile shape of those bench/gpu.py sweeps, on an H200: 357 us for the four directions
 # of a 512 px block (4096 tokens x 1024 channels x 16 states), 254x the chunked scan's launches.
@@ -72,14 +74,41 @@ def _load_chunk(start, rows, length, backwards, d, d_ok, n, n_ok, delta_base, sd
 
 
 @triton.jit
+def _steps(raw, bias, SOFTPLUS: tl.constexpr):
+    """delta after its bias and softplus, (BLOCK_L, BLOCK_D): torch's softplus, identity above 20."""
+    steps = raw + bias[None, :]
+    if SOFTPLUS:
+        # log(1 + e) as log(w) * e / (w - 1), w = 1 + e rounded: accurate where 1 + e loses e's
+        # digits (log(1 + e) alone gives 0 instead of e ~ 2e-9 at a step's bias of -20).
+        # (Clamped and guarded so that the branch tl.where drops holds no inf or NaN either.)
+        grown = tl.exp(tl.minimum(steps, 20.0))
+        whole = 1.0 + grown
+        kept = whole - 1.0
+        small = tl.where(kept == 0.0, grown, tl.log(whole) * (grown / tl.where(kept == 0.0, 1.0, kept)))
+        steps = tl.where(steps > 20.0, steps, small)
+    return steps
+
+
+@triton.jit
+def _chunk_states(steps, u, B, rate, state, step_ok):
+    """Every state of one chunk, (BLOCK_L, BLOCK_D, STATE), from the state before it (BLOCK_D,
+    STATE); also the chunk's inputs ``delta * u * B``. Tokens past the end keep the state."""
+    transition = tl.exp2(steps[:, :, None] * rate[None, :, :])  # (BLOCK_L, BLOCK_D, STATE)
+    transition = tl.where(step_ok[:, None, None], transition, 1.0)
+    drive = (steps * u)[:, :, None] * B[:, None, :]  # zero past the end (u is)
+    to_here, driven = tl.associative_scan((transition, drive), 0, _compose)
+    return to_here * state[None, :, :] + driven, drive
+
+
+@triton.jit
 def _scan_kernel(
-    u_ptr, delta_ptr, rate_ptr, bias_ptr, skip_ptr, b_ptr, c_ptr, y_ptr, source_ptr, reverse_ptr,
+    u_ptr, delta_ptr, rate_ptr, bias_ptr, skip_ptr, b_ptr, c_ptr, y_ptr, source_ptr, reverse_ptr, boundaries_ptr,
     length, channels, directions, state_size,
     su_b, su_s, su_l, su_d,
     sd_b, sd_k, sd_l, sd_d,
     sb_b, sb_k, sb_l, sb_n,
     sc_b, sc_k, sc_l, sc_n,
-    HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SKIP: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE_BOUNDARIES: tl.constexpr,
     STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Every index that multiplies a stride is int64: at 4 directions x 1024 channels the products
@@ -107,6 +136,10 @@ def _scan_kernel(
     b_base = b_ptr + b * sb_b + k * sb_k
     c_base = c_ptr + b * sc_b + k * sc_k
     y_base = y_ptr + (b * directions + k) * length * channels
+    # (batch, K, chunks, Dk, N): the state before each chunk, for the backward pass.
+    boundaries_base = boundaries_ptr + (b * directions + k) * tl.cdiv(length, BLOCK_L) * channels * state_size
+    state_at = d[:, None] * state_size + n[None, :]
+    state_ok = d_ok[:, None] & n_ok[None, :]
 
     rows = tl.arange(0, BLOCK_L)
     state = tl.zeros((BLOCK_D, STATE), dtype=tl.float32)
@@ -123,14 +156,9 @@ def _scan_kernel(
         step = start + rows
         step_ok = step < length
         token = tl.where(backwards, length - 1 - step, step)
-        dt = dt + bias[None, :]
-        if SOFTPLUS:  # torch's softplus: identity above 20
-            dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
-        transition = tl.exp2(dt[:, :, None] * rate[None, :, :])  # (BLOCK_L, BLOCK_D, STATE)
-        transition = tl.where(step_ok[:, None, None], transition, 1.0)  # tokens past the end keep the state
-        drive = (dt * u)[:, :, None] * B[:, None, :]  # zero past the end (u is)
-        to_here, driven = tl.associative_scan((transition, drive), 0, _compose)
-        states = to_here * state[None, :, :] + driven
+        if SAVE_BOUNDARIES:
+            tl.store(boundaries_base + (start // BLOCK_L) * channels * state_size + state_at, state, mask=state_ok)
+        states, _ = _chunk_states(_steps(dt, bias, SOFTPLUS), u, B, rate, state, step_ok)
         y = tl.sum(states * C[:, None, :], axis=2) + skip[None, :] * u
         tl.store(y_base + token.to(tl.int64)[:, None] * channels + d[None, :], y,
                  mask=step_ok[:, None] & d_ok[None, :])
@@ -144,32 +172,42 @@ def _small_index(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int32, device=device)
 
 
+def channel_parameters(A: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None):
+    """The kernels' per-channel operands, float32 and contiguous: A * log2(e) (K*Dk, N), delta_bias
+    and D (K*Dk,); an absent one is replaced by the rate tensor, which the kernel then never reads."""
+    rate = (A.float() * _LOG2_E).contiguous()
+    bias = delta_bias.float().contiguous() if delta_bias is not None else rate
+    skip = D.float().contiguous() if D is not None else rate
+    return rate, bias, skip
+
+
 def scan_triton(u: torch.Tensor, source: Sequence[int], delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool,
                 reverse: Sequence[bool], block_l: int | None = None, block_d: int | None = None,
-                num_warps: int | None = None) -> torch.Tensor:
+                num_warps: int | None = None, boundaries: torch.Tensor | None = None) -> torch.Tensor:
     """The kernel on token-major operands, K directions: y (batch, K, L, Dk) float32 in token order.
 
     u: (batch, S, L, Dk), direction k reads u[:, source[k]]; delta: (batch, K, L, Dk) in scan order;
     A: (K*Dk, N); B, C: (batch, K, L, N) in token order; D, delta_bias: (K*Dk,). Any strides.
     block_l, block_d, num_warps (powers of two) override the shipped tile shape, for tuning and tests.
+    ``boundaries``: a contiguous float32 (batch, K, ceil(L / block_l), Dk, N) tensor that receives
+    the state before each chunk of block_l tokens (for :mod:`mambast.scan.triton_backward`).
     """
     batch, _, length, channels = u.shape
     directions, state_size = delta.shape[1], A.shape[1]
     block_l, block_d = block_l or BLOCK_L, block_d or BLOCK_D
     device = u.device
-    rate = (A.float() * _LOG2_E).contiguous()
+    rate, bias, skip = channel_parameters(A, D, delta_bias)
     y = torch.empty((batch, directions, length, channels), dtype=torch.float32, device=device)
     source_t = _small_index(tuple(source), device)
     reverse_t = _small_index(tuple(int(r) for r in reverse), device)
-    bias = delta_bias.float().contiguous() if delta_bias is not None else rate
-    skip = D.float().contiguous() if D is not None else rate
     grid = (triton.cdiv(channels, block_d), directions, batch)
     _scan_kernel[grid](
-        u, delta, rate, bias, skip, B, C, y, source_t, reverse_t,
+        u, delta, rate, bias, skip, B, C, y, source_t, reverse_t, boundaries if boundaries is not None else y,
         length, channels, directions, state_size,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
         HAS_BIAS=delta_bias is not None, HAS_SKIP=D is not None, SOFTPLUS=bool(delta_softplus),
+        SAVE_BOUNDARIES=boundaries is not None,
         STATE=triton.next_power_of_2(state_size), BLOCK_L=block_l, BLOCK_D=block_d,
         num_warps=num_warps or NUM_WARPS,
     )
@@ -191,15 +229,33 @@ def selective_scan_triton(
 
     ``tuning``: the tile-shape overrides of :func:`scan_triton` (block_l, block_d, num_warps)."""
     check_scan_shapes(u, delta, A, B, C)
-    batch, channels, length = u.shape
+    if records_gradients(u, delta, A, B, C, D, delta_bias):
+        # Imported here: the backward module builds on this one's kernel helpers.
+        from .triton_backward import selective_scan_triton_trainable
+
+        return selective_scan_triton_trainable(u, delta, A, B, C, D, delta_bias, delta_softplus, **tuning)
     groups = B.shape[1]
-    per_group = channels // groups
-    # Channels contiguous, as the kernel reads them in blocks.
-    u_tokens = u.reshape(batch, groups, per_group, length).transpose(2, 3).contiguous()
-    delta_tokens = delta.reshape(batch, groups, per_group, length).transpose(2, 3).contiguous()
-    y = scan_triton(u_tokens, range(groups), delta_tokens, A, B.transpose(2, 3), C.transpose(2, 3), D,
-                    delta_bias, delta_softplus, [False] * groups, **tuning)
-    return y.transpose(2, 3).reshape(batch, channels, length)
+    y = scan_triton(*token_major(u, delta, groups), A, B.transpose(2, 3), C.transpose(2, 3), D, delta_bias,
+                    delta_softplus, [False] * groups, **tuning)
+    return from_token_major(y)
+
+
+def token_major(u: torch.Tensor, delta: torch.Tensor, groups: int) -> tuple:
+    """Contract-layout u, delta (B, D, L) as :func:`scan_triton` takes them, one direction per
+    group: (u (B, G, L, D/G), source, delta (B, G, L, D/G))."""
+    return tokens_of(u, groups), range(groups), tokens_of(delta, groups)
+
+
+def tokens_of(sequence: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, D, L) -> (B, G, L, D/G), the channels contiguous, as the kernels read them in blocks."""
+    batch, channels, length = sequence.shape
+    return sequence.reshape(batch, groups, channels // groups, length).transpose(2, 3).contiguous()
+
+
+def from_token_major(y: torch.Tensor) -> torch.Tensor:
+    """(B, G, L, D/G) -> the contract's (B, D, L)."""
+    batch, groups, length, per_group = y.shape
+    return y.transpose(2, 3).reshape(batch, groups * per_group, length)
 
 
 def selective_scan_triton_directions(
