@@ -8,7 +8,7 @@ its default; its published script passes 1e-4), batches of 8 random 256-pixel cr
 
 - Every random draw of an iteration (the style permutations of the losses, DropPath's masks,
   the data's order and crops) is a pure function of (--seed, rank, iteration): a resumed run
-  repeats what an uninterrupted one does, bit for bit on the same machine.
+  repeats what an uninterrupted one does (the tests compare the weights to 1e-6).
 - On several processes (torchrun) each rank draws its own data and permutations and the
   gradients are averaged over the ranks by DistributedDataParallel during backward, so the
   ranks stay identical.
