@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from .files import write_atomically
+
 WEIGHTS_URL = "https://drive.google.com/drive/folders/1pVhJFwk2f3arP7zUDFAe5_PJrPSG1gc2"
 OFFICIAL_FILES = "decoder_iter_160000.pth, embedding_iter_160000.pth and mamba_iter_160000.pth " \
                  "(or transformer_iter_160000.pth)"
@@ -395,6 +397,6 @@ def convert_to_safetensors(source: str | os.PathLike, destination: str | os.Path
         raise CheckpointError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
     checkpoint = read_checkpoint(source)
     tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in sorted(checkpoint.tensors.items())}
-    Path(destination).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(destination), metadata={"format": "pt", "source": "mambast convert"})
+    write_atomically(destination, lambda temporary: save_file(tensors, temporary,
+                                                              metadata={"format": "pt", "source": "mambast convert"}))
     return len(tensors)

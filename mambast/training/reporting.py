@@ -14,9 +14,9 @@ from typing import TextIO
 
 import torch
 
+from ..files import write_atomically
 from ..imaging import write_image
 from .losses import LossWeights
-from .weights import write_atomically
 
 LOG_FILE = "train_log.jsonl"
 PREVIEW_FOLDER = "previews"

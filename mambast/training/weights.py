@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from ..checkpoint import PARTS, Checkpoint, usable_tensors
 from ..config import MambaSTConfig
+from ..files import write_atomically
 from ..model import MambaST
 from ..random_weights import unused_official_tensors
 from .vgg import VGGEncoder
@@ -211,19 +210,6 @@ def official_state(model: MambaST, extra: dict[str, torch.Tensor] | None = None)
                              "for this model.")
         state[key] = given[key].detach().to("cpu", torch.float32).contiguous()
     return state
-
-
-def write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Write through ``write(temporary path)`` and move the result into place: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_official(model: MambaST, folder: str | os.PathLike, iteration: int,
