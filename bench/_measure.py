@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -13,38 +12,9 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def resident_mib() -> float:
-    """Current resident memory of this process in MiB (Linux /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return 0.0
-
-
-def reset_peak() -> None:
-    """Start the peak of :func:`peak_mib` afresh from the current resident memory (Linux >= 4.0),
-    so that loading the model does not count; elsewhere the peak stays the process's."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
-
-
-def peak_mib() -> float:
-    """Peak resident memory of this process so far (since :func:`reset_peak`), in MiB."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+from mambast.measure import peak_mib, reset_peak, resident_mib  # noqa: E402,F401  (the benchmarks import them from here)
 
 
 def run_isolated(script: Path, *args: str) -> dict:

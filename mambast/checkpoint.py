@@ -128,15 +128,17 @@ def _first_sentence(error: BaseException, limit: int = 200) -> str:
     return f"{type(error).__name__}: {sentence[:limit]}"
 
 
-def load_pickle(path: Path) -> dict[str, torch.Tensor]:
+def load_pickle(path: Path, source: str | None = None) -> dict[str, torch.Tensor]:
     """A ``torch.save`` file's tensors, read with ``weights_only=True``: a pickle that would run
-    code is refused; a file of another kind gets a :class:`CheckpointError` that says what it is."""
+    code is refused; a file of another kind gets a :class:`CheckpointError` that says what it is.
+    ``source``: where the file comes from, for that message (default: the official weights)."""
     _, head = _open_weights_file(path)
     # Files written by torch.save are zip archives, or for the legacy format a pickle (protocol byte 0x80).
     what = None if head.startswith((b"PK\x03\x04", b"\x80")) else _describe_content(head)
     if what:
+        source = source or f"the official files are {OFFICIAL_FILES}, from {WEIGHTS_URL}"
         raise CheckpointError(f"{path}: cannot be read as PyTorch weights: it is {what}, not a weights file. "
-                              f"Re-download the file (the official files are {OFFICIAL_FILES}, from {WEIGHTS_URL}).")
+                              f"Re-download the file ({source}).")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -153,6 +155,26 @@ def load_pickle(path: Path) -> dict[str, torch.Tensor]:
                                               for k, v in state.items()):
         raise CheckpointError(f"{path}: expected a state dict of named tensors, found {type(state).__name__}.")
     return state
+
+
+def read_tensor_file(path: Path, what: str, source: str | None = None) -> dict[str, torch.Tensor]:
+    """The named tensors of a ``.pth``/``.pt``/``.bin`` file (weights only) or a ``.safetensors``
+    file, on the CPU. ``what`` names the file in errors ("the VGG weights"), ``source`` says where
+    it comes from."""
+    suffix = suffix_of(path)
+    if suffix in PICKLE_SUFFIXES:
+        return load_pickle(path, source)  # weights_only: a pickle that would run code is refused
+    if suffix in SAFETENSORS_SUFFIXES:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        check_safetensors_header(path)
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"{path}: cannot be read as safetensors ({error}). Re-download it.") from None
+    raise CheckpointError(f"{path}: unsupported file type {path.suffix!r} for {what}; give a "
+                          f"{' or '.join(PICKLE_SUFFIXES)} file or a .safetensors file with the same keys.")
 
 
 def classify_state_dict(state: dict[str, torch.Tensor]) -> str | None:

@@ -1,4 +1,4 @@
-"""``python -m mambast``: stylize image files, convert official weights, train."""
+"""``python -m mambast``: stylize image files, convert official weights, train, evaluate."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,7 +76,19 @@ class StylizeRun:
         self.written = self.kept = self.failed_pairs = 0
         self.unreadable: dict[Path, str] = {}  # input -> why it was skipped, said once
         self.written_by: dict[Path, str] = {}  # output -> the pair that wrote it in this run
+        self.model_seconds = 0.0  # in the model's calls (encodings, fusion, decoding), reading and writing excluded
         self._bar_open = False
+
+    @contextmanager
+    def timing(self, device: torch.device):
+        """Add the time of the block to :attr:`model_seconds`, the device's queued work included."""
+        _synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            _synchronize(device)
+            self.model_seconds += time.perf_counter() - start
 
     def say(self, message: str) -> None:
         """A line on stderr below the progress bar."""
@@ -126,6 +139,13 @@ class StylizeRun:
         if self.kept:
             parts.append(_count(self.kept, "existing output") + " kept (use --overwrite to replace)")
         return "; ".join(parts) + "."
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def _count(number: int, noun: str) -> str:
@@ -285,7 +305,10 @@ def prepare_content(model, args: argparse.Namespace, path: Path, run: StylizeRun
     """(image at --size, its encoding or None when tiling), or None (said) when it cannot be used."""
     try:
         image = read_content(path, args.size)
-        return image, None if args.tile else model.encode_content(image)
+        if args.tile:
+            return image, None
+        with run.timing(model.device):
+            return image, model.encode_content(image)
     except Exception as error:
         run.skip_input("content", path, error)
         return None
@@ -298,13 +321,14 @@ def stylize_pair(model, args: argparse.Namespace, content, style: torch.Tensor, 
 
     image, content_encoding = content
     try:
-        if args.tile:
-            stylized = stylize_with_fallback(model, image, style, tile=args.tile, seed=seed,
-                                             shuffle=not args.no_shuffle, on_retry=_say_retry(run))
-        else:
-            style_encoding = model.encode_style(style, content_encoding.padded_size)
-            features = model.fuse(content_encoding, style_encoding, seed=seed, shuffle=not args.no_shuffle)
-            stylized = model.decode(features, content_encoding.image_size)
+        with run.timing(model.device):
+            if args.tile:
+                stylized = stylize_with_fallback(model, image, style, tile=args.tile, seed=seed,
+                                                 shuffle=not args.no_shuffle, on_retry=_say_retry(run))
+            else:
+                style_encoding = model.encode_style(style, content_encoding.padded_size)
+                features = model.fuse(content_encoding, style_encoding, seed=seed, shuffle=not args.no_shuffle)
+                stylized = model.decode(features, content_encoding.image_size)
         write_image(stylized, target, overwrite=args.overwrite)
     except FileExistsError:  # made by someone else while this pair ran
         run.keep_existing(target)
@@ -402,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", choices=list(DTYPES), default="float32")
     convert.set_defaults(run=run_convert)
     add_train_parser(commands)
+    from .evaluation.command import add_evaluate_parser
+
+    add_evaluate_parser(commands)
     return parser
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, WEIGHTS_URL, load_pickle, check_safetensors_header, suffix_of
-from ..checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES
+from ..checkpoint import CheckpointError, WEIGHTS_URL, read_tensor_file
 
 VGG_FILE = "vgg_normalised.pth"
 # VGG-19's 3x3 convolutions by output channels, "pool" for a 2x2 max pooling.
@@ -68,23 +67,6 @@ def missing_vgg_message(path: Path) -> str:
             f"it and put it at {path} (a .safetensors with the same keys works too).")
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    suffix = suffix_of(path)
-    if suffix in PICKLE_SUFFIXES:
-        return load_pickle(path)  # weights_only: a pickle that would run code is refused
-    if suffix in SAFETENSORS_SUFFIXES:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        check_safetensors_header(path)
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(f"{path}: cannot be read as safetensors ({error}). Re-download it.") from None
-    raise CheckpointError(f"{path}: unsupported file type {path.suffix!r}; give the VGG weights as {VGG_FILE} "
-                          "or a .safetensors file with the same keys.")
-
-
 def _check_layout(path: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> None:
     missing = [key for key in expected if key not in tensors]
     unexpected = [key for key in tensors if key not in expected]
@@ -110,7 +92,8 @@ def load_vgg(path: str | os.PathLike) -> VGGEncoder:
     path = Path(path).expanduser()
     if not path.exists():
         raise VGGWeightsNotFound(missing_vgg_message(path))
-    tensors = _read_tensors(path)
+    tensors = read_tensor_file(path, f"the VGG weights ({VGG_FILE})",
+                               f"{VGG_FILE} is in the authors' folder {WEIGHTS_URL}")
     encoder = VGGEncoder()
     _check_layout(path, tensors, {key: value.shape for key, value in encoder.state_dict().items()})
     encoder.load_state_dict({key: value.float() for key, value in tensors.items()}, strict=True)
