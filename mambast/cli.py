@@ -305,7 +305,7 @@ def prepare_content(model, args: argparse.Namespace, path: Path, run: StylizeRun
     """(image at --size, its encoding or None when tiling), or None (said) when it cannot be used."""
     try:
         image = read_content(path, args.size)
-        if args.tile:
+        if args.tile or args.seam_smoothing > 1:  # stylized whole by stylize_with_fallback
             return image, None
         with run.timing(model.device):
             return image, model.encode_content(image)
@@ -322,9 +322,10 @@ def stylize_pair(model, args: argparse.Namespace, content, style: torch.Tensor, 
     image, content_encoding = content
     try:
         with run.timing(model.device):
-            if args.tile:
+            if content_encoding is None:
                 stylized = stylize_with_fallback(model, image, style, tile=args.tile, seed=seed,
-                                                 shuffle=not args.no_shuffle, on_retry=_say_retry(run))
+                                                 shuffle=not args.no_shuffle, on_retry=_say_retry(run),
+                                                 seam_smoothing=args.seam_smoothing)
             else:
                 style_encoding = model.encode_style(style, content_encoding.padded_size)
                 features = model.fuse(content_encoding, style_encoding, seed=seed, shuffle=not args.no_shuffle)
@@ -418,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "for large images or little memory; halved automatically on out-of-memory")
     stylize.add_argument("--scan", choices=list(SCAN_CHOICES), default="auto",
                          help="selective-scan backend")
+    add_seam_smoothing_argument(stylize)
     stylize.set_defaults(run=run_stylize)
 
     convert = commands.add_parser("convert", help="convert official .pth weights to one .safetensors file")
@@ -430,6 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_parser(commands)
     return parser
+
+
+def add_seam_smoothing_argument(parser: argparse.ArgumentParser) -> None:
+    from .seams import SEAM_SMOOTHING_CHOICES
+
+    parser.add_argument("--seam-smoothing", type=int, choices=SEAM_SMOOTHING_CHOICES, default=0, metavar="N",
+                        help="blend stylizations on N token grids shifted by part of a patch against the 8 px "
+                             f"patch seams ({', '.join(map(str, SEAM_SMOOTHING_CHOICES[2:]))}; about N times "
+                             "the time; default 0: off, the paper's output)")
 
 
 def add_train_parser(commands) -> None:

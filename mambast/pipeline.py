@@ -14,11 +14,12 @@ import torch
 
 from .colour import keep_content_colour, match_colour
 from .features import fuse_with_strength, smooth_over_time
-from .imaging import padded_size, resize
+from .imaging import resize
 from .masking import composite, prepare_mask, shows_nothing
 from .model import MambaST, StyleEncoding, batch_item, pair_batches
 from .progress import replan
-from .resources import stylize_ticks
+from .resources import stylize_ticks, token_grid
+from .seams import check_seam_smoothing, on_grids
 from .shuffle import new_seed
 from .styles import StyleMix, StyleSource, pending_style_images
 from .tiling import Region, check_tile_size, run_in_tiles, tile_count, with_smaller_tiles_on_out_of_memory
@@ -42,11 +43,13 @@ class Controls:
     feather: float = 0.0
     invert_mask: bool = False
     tile: int = 0  # stylize in overlapping tiles of this many pixels (0 = whole images)
+    seam_smoothing: int = 0  # token grids blended against the 8 px patch seams (0 or 1: off); see mambast.seams
 
     def __post_init__(self):
         if self.colour not in COLOUR_MODES:
             raise ValueError(f"colour must be one of {', '.join(COLOUR_MODES)}; got {self.colour!r}.")
         check_tile_size(self.tile)
+        check_seam_smoothing(self.seam_smoothing)
         if self.processing_size < 0:
             raise ValueError(f"processing size must be 0 (keep the input size) or positive; "
                              f"got {self.processing_size}.")
@@ -126,8 +129,16 @@ def prepare_styles(content: torch.Tensor, style: torch.Tensor | None, second_sty
 
 
 def _stylize_region(model: MambaST, styles: StyleSource | None, index: int, controls: Controls,
-                    previous: dict[Region, torch.Tensor], image: torch.Tensor, region: Region) -> torch.Tensor:
-    """One content image, or one tile of it: encode, fuse with the controls, smooth, decode."""
+                    previous: dict, image: torch.Tensor, region: Region) -> torch.Tensor:
+    """One content image, or one tile of it, on each token grid of the seam smoothing, blended."""
+    return on_grids(lambda shifted, offset: _stylize_on_grid(model, styles, index, controls, previous, shifted,
+                                                             (region, offset)),
+                    image, controls.seam_smoothing, model.config.patch_size)
+
+
+def _stylize_on_grid(model: MambaST, styles: StyleSource | None, index: int, controls: Controls, previous: dict,
+                     image: torch.Tensor, key: tuple) -> torch.Tensor:
+    """Encode, fuse with the controls, smooth over time, decode."""
     encoding = model.encode_content(image)
     one_style = None
     if styles is not None:
@@ -136,9 +147,9 @@ def _stylize_region(model: MambaST, styles: StyleSource | None, index: int, cont
     features = fuse_with_strength(model, encoding, image, one_style, controls.strength, controls.seed,
                                   controls.shuffle)
     if controls.temporal_smoothing:
-        # Keyed by the tile's place: after a retry in smaller tiles the next frame starts afresh.
-        features = smooth_over_time(features, controls.temporal_smoothing, previous.get(region))
-        previous[region] = features
+        # Keyed by the tile's place and grid: after a retry in smaller tiles the next frame starts afresh.
+        features = smooth_over_time(features, controls.temporal_smoothing, previous.get(key))
+        previous[key] = features
     return model.decode(features, encoding.image_size)
 
 
@@ -147,7 +158,7 @@ def image_ticks(model: MambaST, size: tuple[int, int], controls: Controls, style
     ``controls``, encoding ``style_images`` style pictures on its (tiles') grid on the way."""
     height, width = size
     return stylize_ticks(model.config, height, width, model.scan_backend, controls.tile, controls.strength,
-                         style_images)
+                         style_images, controls.seam_smoothing)
 
 
 def masked_out(controls: Controls, index: int) -> bool:
@@ -180,8 +191,7 @@ def _retry_ticks(model: MambaST, size: tuple[int, int], styles: StyleSource | No
     """Ticks of an image started over with ``controls.tile``, counting the style pictures not
     yet encoded on the new tiles' grid."""
     _, tile_h, tile_w = tile_count(*size, controls.tile)
-    patch = model.config.patch_size
-    grid = tuple(side // patch for side in padded_size(tile_h, tile_w, patch))
+    grid = token_grid(model.config, tile_h, tile_w)
     return image_ticks(model, size, controls, pending_style_images(styles, grid) if styles is not None else 0)
 
 

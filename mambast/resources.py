@@ -9,6 +9,7 @@ import torch
 from .config import MambaSTConfig
 from .imaging import padded_size
 from .scan.chunked import DEFAULT_CHUNK
+from .seams import grid_offsets
 from .tiling import tile_count
 
 # The peak working memory of a stylization, measured at 512, 1024 and 2048 px (bench/memory.py on
@@ -36,8 +37,8 @@ def activation_bytes(config: MambaSTConfig, height: int, width: int, batch: int 
 
 
 def _tokens(config: MambaSTConfig, height: int, width: int) -> int:
-    padded_h, padded_w = padded_size(height, width, config.patch_size)
-    return (padded_h // config.patch_size) * (padded_w // config.patch_size)
+    grid_h, grid_w = token_grid(config, height, width)
+    return grid_h * grid_w
 
 
 def block_ticks(config: MambaSTConfig, height: int, width: int, backend: str) -> int:
@@ -66,13 +67,21 @@ def decode_ticks(config: MambaSTConfig) -> int:
 
 
 def stylize_ticks(config: MambaSTConfig, height: int, width: int, backend: str, tile: int = 0,
-                  strength: float = 1.0, style_images: int = 0) -> int:
-    """Ticks of stylizing one H x W image, in tiles of ``tile`` pixels (0: whole), including the
-    encoding of ``style_images`` style pictures on the tiles' grid (those not cached yet)."""
+                  strength: float = 1.0, style_images: int = 0, seam_smoothing: int = 0) -> int:
+    """Ticks of stylizing one H x W image, in tiles of ``tile`` pixels (0: whole), on each token
+    grid of ``seam_smoothing`` (shifted images keep their size: the same work each), including
+    the encoding of ``style_images`` style pictures on the tiles' grid (those not cached yet)."""
     tiles, tile_h, tile_w = tile_count(height, width, tile)
+    grids = len(grid_offsets(seam_smoothing, config.patch_size))
     per_tile = (encode_ticks(config, tile_h, tile_w, backend) + fuse_ticks(config, tile_h, tile_w, backend, strength)
                 + decode_ticks(config))
-    return tiles * per_tile + style_images * encode_ticks(config, tile_h, tile_w, backend)
+    return tiles * grids * per_tile + style_images * encode_ticks(config, tile_h, tile_w, backend)
+
+
+def token_grid(config: MambaSTConfig, height: int, width: int) -> tuple[int, int]:
+    """The (h, w) token grid of an H x W image (padded to whole patches)."""
+    padded_h, padded_w = padded_size(height, width, config.patch_size)
+    return padded_h // config.patch_size, padded_w // config.patch_size
 
 
 def tile_to_fit(config: MambaSTConfig, height: int, width: int, available: int, minimum_tile: int = 64) -> int:

@@ -30,6 +30,7 @@ import torch
 
 from .imaging import check_image
 from .model import MambaST
+from .seams import on_grids
 from .shuffle import new_seed
 
 TileCallback = Callable[[int, int], None]
@@ -154,7 +155,7 @@ def run_in_tiles(image: torch.Tensor, tile: int, work: RegionWork, overlap: int 
 
 def stylize_tiled(model: MambaST, content: torch.Tensor, style: torch.Tensor, tile: int,
                   overlap: int | None = None, seed: int | None = None, shuffle: bool = True,
-                  on_tile: TileCallback | None = None) -> torch.Tensor:
+                  on_tile: TileCallback | None = None, seam_smoothing: int = 0) -> torch.Tensor:
     """:meth:`MambaST.stylize` in overlapping tiles of ``tile`` x ``tile`` pixels.
 
     content: (B, 3, H, W) float in 0..1, any size; style: (1 or B, 3, H', W'). ``tile``: pixels,
@@ -163,20 +164,24 @@ def stylize_tiled(model: MambaST, content: torch.Tensor, style: torch.Tensor, ti
     The style is encoded once, resized to the tile (see the module docstring), and every tile
     uses the same seed and so the same permutations; ``seed=None`` draws one, kept in
     ``model.last_seed``. ``on_tile(done, total)`` is called after each tile (progress bars; it
-    may raise to cancel). Returns (B, 3, H, W) float32 on the content's device, unclamped.
+    may raise to cancel). ``seam_smoothing`` blends each tile's token grids (:mod:`mambast.seams`).
+    Returns (B, 3, H, W) float32 on the content's device, unclamped.
     """
     check_image(content, "content")
     check_image(style, "style", minimum=1)
     if shuffle and seed is None:
         seed = new_seed()
-    encoded: dict[str, object] = {}
+    encoded: dict[tuple[int, int], object] = {}
+
+    def on_grid(crop: torch.Tensor, _offset) -> torch.Tensor:
+        encoding = model.encode_content(crop)
+        if encoding.padded_size not in encoded:  # every tile has the same grids: one encoding serves them all
+            encoded[encoding.padded_size] = model.encode_style(style, encoding.padded_size)
+        features = model.fuse(encoding, encoded[encoding.padded_size], seed=seed, shuffle=shuffle)
+        return model.decode(features, encoding.image_size)
 
     def stylize_region(crop: torch.Tensor, region: Region) -> torch.Tensor:
-        encoding = model.encode_content(crop)
-        if "style" not in encoded:  # every tile has the same grid: one encoding serves them all
-            encoded["style"] = model.encode_style(style, encoding.padded_size)
-        features = model.fuse(encoding, encoded["style"], seed=seed, shuffle=shuffle)
-        return model.decode(features, encoding.image_size)
+        return on_grids(on_grid, crop, seam_smoothing, model.config.patch_size)
 
     return run_in_tiles(content, tile, stylize_region, overlap, on_tile)
 
@@ -231,7 +236,7 @@ def with_smaller_tiles_on_out_of_memory(attempt: Callable[[int], Result], tile: 
 def stylize_with_fallback(model: MambaST, content: torch.Tensor, style: torch.Tensor, tile: int = 0,
                           overlap: int | None = None, seed: int | None = None, shuffle: bool = True,
                           on_tile: TileCallback | None = None, minimum_tile: int = MINIMUM_TILE,
-                          on_retry: Callable[[int], None] | None = None) -> torch.Tensor:
+                          on_retry: Callable[[int], None] | None = None, seam_smoothing: int = 0) -> torch.Tensor:
     """Stylize untiled (``tile=0``) or in tiles, retrying with half the tile on out-of-memory
     (see :func:`with_smaller_tiles_on_out_of_memory`). The seed is drawn once, so a retry gives
     the same style shuffle."""
@@ -239,5 +244,5 @@ def stylize_with_fallback(model: MambaST, content: torch.Tensor, style: torch.Te
         seed = new_seed()
     return with_smaller_tiles_on_out_of_memory(
         lambda size: stylize_tiled(model, content, style, size, overlap=overlap, seed=seed, shuffle=shuffle,
-                                   on_tile=on_tile),
+                                   on_tile=on_tile, seam_smoothing=seam_smoothing),
         tile, max(content.shape[-2:]), minimum_tile, on_retry)

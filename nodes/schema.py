@@ -55,6 +55,14 @@ def _smoothing_input() -> io.Input:
                                   "fast motion.")
 
 
+def _seam_smoothing_input() -> io.Input:
+    return io.Combo.Input("seam_smoothing", options=list(stages.SEAM_SMOOTHING_CHOICES), default="off", optional=True,
+                          tooltip="Softens the faint 8 px grid that Mamba-ST's patches can leave: the image is "
+                                  "also stylized on token grids shifted by part of a patch and the results are "
+                                  "blended. Each grid costs one more stylization (2 grids: about twice the time). "
+                                  "off gives the paper's result.")
+
+
 def _style_scale_input() -> io.Input:
     return io.Float.Input("style_scale", default=1.0, min=0.125, max=8.0, step=0.05,
                           tooltip="Size of the style relative to the content: above 1 zooms into the style "
@@ -98,13 +106,14 @@ class MambaSTEncodeContent(io.ComfyNode):
             description="Encodes the content image(s) with Mamba-ST's content encoder. Any size; an alpha "
                         "channel is carried through to the decoded image.",
             inputs=[_model_input(),
-                    io.Image.Input("image", tooltip="The picture(s) to restyle; a batch is encoded image by image.")],
+                    io.Image.Input("image", tooltip="The picture(s) to restyle; a batch is encoded image by image."),
+                    _seam_smoothing_input()],
             outputs=[MambaSTContent.Output(display_name="content")],
         )
 
     @classmethod
-    def execute(cls, model, image) -> io.NodeOutput:
-        return io.NodeOutput(stages.encode_content(model, image))
+    def execute(cls, model, image, seam_smoothing: str = "off") -> io.NodeOutput:
+        return io.NodeOutput(stages.encode_content(model, image, seam_smoothing))
 
 
 class MambaSTEncodeStyle(io.ComfyNode):
@@ -209,7 +218,8 @@ class MambaSTStylize(io.ComfyNode):
                     io.Int.Input("tile_size", default=0, min=0, max=8192, step=8, optional=True,
                                  tooltip="For very large images or little memory: stylize in overlapping tiles "
                                          "of this many pixels, blended without seams. 0 works on the whole image "
-                                         "and falls back to tiles by itself when memory runs out.")],
+                                         "and falls back to tiles by itself when memory runs out."),
+                    _seam_smoothing_input()],
             outputs=[io.Image.Output(display_name="image")],
         )
 
@@ -221,11 +231,11 @@ class MambaSTStylize(io.ComfyNode):
     def execute(cls, model, content, seed: int, shuffle: bool, processing_size: int, strength: float = 1.0,
                 style_scale: float = 1.0, colour: str = "style", temporal_smoothing: float = 0.0, style=None,
                 mask=None, feather: int = 0, invert_mask: bool = False, style_2=None,
-                style_2_weight: float = 0.5, tile_size: int = 0) -> io.NodeOutput:
+                style_2_weight: float = 0.5, tile_size: int = 0, seam_smoothing: str = "off") -> io.NodeOutput:
         return io.NodeOutput(stages.stylize(
             model, content, style, seed, shuffle, processing_size, strength, style_scale, colour,
             temporal_smoothing, mask, feather, invert_mask, style_2, style_2_weight if style_2 is not None else 0.0,
-            tile_size))
+            tile_size, seam_smoothing))
 
 
 class MambaSTStyleBlend(io.ComfyNode):

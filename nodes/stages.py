@@ -24,6 +24,7 @@ from ..mambast.pipeline import COLOUR_MODES, Controls, batch_ticks, finish, styl
 from ..mambast.progress import ProgressTracker, progress_callback
 from ..mambast.resources import activation_bytes, decode_ticks, encode_ticks, fuse_ticks, tile_to_fit
 from ..mambast.scan import CHOICES as SCAN_BACKEND_CHOICES
+from ..mambast.seams import blend_grids, grid_offsets, shift_back, shift_onto_grid
 from ..mambast.styles import StyleMix, pending_style_images
 from ..mambast.tiling import is_out_of_memory
 from . import comfy as host
@@ -31,6 +32,7 @@ from .layout import join_image, normalise_mask, split_image
 
 DTYPE_CHOICES = ("auto", *DTYPES)
 SCAN_CHOICES = SCAN_BACKEND_CHOICES
+SEAM_SMOOTHING_CHOICES = ("off", "2 grids", "4 grids", "16 grids")
 
 
 @dataclasses.dataclass
@@ -45,20 +47,27 @@ class LoadedModel:
 @dataclasses.dataclass
 class ContentPayload:
     """MAMBAST_CONTENT: encoded content images, the images themselves (for the identity path of
-    the style strength) and the alpha channel to give back."""
+    the style strength) and the alpha channel to give back. With seam smoothing, ``shifted``
+    holds the encodings of the images on the other token grids, by offset."""
 
     encoding: ContentEncoding
     image: torch.Tensor
     alpha: torch.Tensor | None
+    shifted: dict[tuple[int, int], ContentEncoding] = dataclasses.field(default_factory=dict)
+
+    def grids(self) -> list[tuple[tuple[int, int], ContentEncoding]]:
+        return [((0, 0), self.encoding), *self.shifted.items()]
 
 
 @dataclasses.dataclass
 class FeaturesPayload:
-    """MAMBAST_FEATURES: fused features (B, d_model, h, w), the size to crop to, the alpha."""
+    """MAMBAST_FEATURES: fused features (B, d_model, h, w), the size to crop to, the alpha; with
+    seam smoothing, ``shifted`` holds the other grids' (features, size), by offset."""
 
     features: torch.Tensor
     image_size: tuple[int, int]
     alpha: torch.Tensor | None
+    shifted: dict[tuple[int, int], tuple[torch.Tensor, tuple[int, int]]] = dataclasses.field(default_factory=dict)
 
 
 def needed_style_inputs(strength: float, inputs: dict, second_weight: float = 0.0) -> list[str]:
@@ -133,20 +142,32 @@ def _to(encoding: ContentEncoding, device: torch.device) -> ContentEncoding:
     return dataclasses.replace(encoding, tokens=encoding.tokens.to(device))
 
 
-def encode_content(loaded: LoadedModel, image: torch.Tensor) -> ContentPayload:
-    """MambaSTEncodeContent: IMAGE -> content encodings, one image at a time."""
+def seam_smoothing_grids(choice: str) -> int:
+    """The number of token grids of a ``seam_smoothing`` widget value ("off", "2 grids", ...)."""
+    _check_choice(choice, SEAM_SMOOTHING_CHOICES, "seam smoothing")
+    return 0 if choice == "off" else int(choice.split()[0])
+
+
+def encode_content(loaded: LoadedModel, image: torch.Tensor, seam_smoothing: str = "off") -> ContentPayload:
+    """MambaSTEncodeContent: IMAGE -> content encodings, one image at a time, on each token grid
+    of the seam smoothing (the later stages follow the grids they are given)."""
     rgb, alpha = split_image(image, "content image")
     check_image(rgb, "content")
     model, storage = loaded.model, host.intermediate_device()
     height, width = rgb.shape[-2:]
-    planned = [encode_ticks(model.config, height, width, model.scan_backend)] * rgb.shape[0]
-    encodings = []
-    with _running(loaded, planned, height, width, "encoding") as tracker:
+    offsets = grid_offsets(seam_smoothing_grids(seam_smoothing), model.config.patch_size)
+    per_image = len(offsets) * encode_ticks(model.config, height, width, model.scan_backend)
+    grids: dict[tuple[int, int], list[ContentEncoding]] = {offset: [] for offset in offsets}
+    with _running(loaded, [per_image] * rgb.shape[0], height, width, "encoding") as tracker:
         for index in range(rgb.shape[0]):
-            encodings.append(_to(model.encode_content(rgb[index:index + 1]), storage))
+            for offset in offsets:
+                one = shift_onto_grid(rgb[index:index + 1], offset)
+                grids[offset].append(_to(model.encode_content(one), storage))
             tracker.image_done()
-    tokens = torch.cat([e.tokens for e in encodings])
-    return ContentPayload(dataclasses.replace(encodings[0], tokens=tokens), rgb.to(storage), alpha)
+    joined = {offset: dataclasses.replace(encodings[0], tokens=torch.cat([e.tokens for e in encodings]))
+              for offset, encodings in grids.items()}
+    plain = joined.pop((0, 0))
+    return ContentPayload(plain, rgb.to(storage), alpha, joined)
 
 
 def encode_style(loaded: LoadedModel, image: torch.Tensor, style_scale: float = 1.0) -> StyleEncoding:
@@ -169,7 +190,8 @@ def blend_styles(first: StyleEncoding | StyleMix, second: StyleEncoding | StyleM
 
 def fuse(loaded: LoadedModel, content: ContentPayload, style: StyleEncoding | StyleMix | None, seed: int,
          shuffle: bool = True, strength: float = 1.0, temporal_smoothing: float = 0.0) -> FeaturesPayload:
-    """MambaSTFuse: the MSTD stage, one content image at a time, one seed for the batch."""
+    """MambaSTFuse: the MSTD stage, one content image at a time, one seed for the batch, on each
+    token grid the content was encoded on."""
     encoding = content.encoding
     count = encoding.tokens.shape[0]
     if strength > 0:
@@ -177,35 +199,56 @@ def fuse(loaded: LoadedModel, content: ContentPayload, style: StyleEncoding | St
             raise ValueError("style: connect a style (MambaST Encode Style) or set strength to 0.")
         pair_batches(count, style.batch_size)
     model, storage = loaded.model, host.intermediate_device()
+    config, backend = model.config, model.scan_backend
+    grids = content.grids()
+    per_image, first_extra, seen = 0, 0, set()
+    for _, grid_encoding in grids:
+        grid_h, grid_w = grid_encoding.image_size
+        per_image += fuse_ticks(config, grid_h, grid_w, backend, strength)
+        if strength > 0 and grid_encoding.grid not in seen:
+            seen.add(grid_encoding.grid)
+            first_extra += pending_style_images(style, grid_encoding.grid) * encode_ticks(config, grid_h, grid_w,
+                                                                                         backend)
+    planned = [per_image + first_extra] + [per_image] * (count - 1)
+    fused: dict[tuple[int, int], list[torch.Tensor]] = {offset: [] for offset, _ in grids}
+    previous: dict[tuple[int, int], torch.Tensor | None] = {offset: None for offset, _ in grids}
     height, width = encoding.image_size
-    backend = model.scan_backend
-    pending = pending_style_images(style, encoding.grid) if strength > 0 else 0
-    per_image = fuse_ticks(model.config, height, width, backend, strength)
-    planned = [per_image + pending * encode_ticks(model.config, height, width, backend)] + [per_image] * (count - 1)
-    features, previous = [], None
     with _running(loaded, planned, height, width, "fusing") as tracker:
         # Encodings for a new grid are cached in the style object on the intermediate device: a
         # batch of frames, and later runs with other seeds, encode the style once.
-        style_tokens = model.style_on_grid(style, encoding, cache_device=storage) if strength > 0 else None
+        style_tokens = {offset: model.style_on_grid(style, grid_encoding, cache_device=storage)
+                        for offset, grid_encoding in grids} if strength > 0 else {}
         for index in range(count):
-            one_content = dataclasses.replace(encoding, tokens=batch_item(encoding.tokens, index).to(model.device))
-            one_style = StyleEncoding(batch_item(style_tokens, index), encoding.grid) if strength > 0 else None
             image = batch_item(content.image, index).to(model.device)
-            fused = fuse_with_strength(model, one_content, image, one_style, strength, seed, shuffle)
-            previous = smooth_over_time(fused, temporal_smoothing, previous)
-            features.append(previous.to(storage))
+            for offset, grid_encoding in grids:
+                one_content = dataclasses.replace(grid_encoding,
+                                                  tokens=batch_item(grid_encoding.tokens, index).to(model.device))
+                one_style = (StyleEncoding(batch_item(style_tokens[offset], index), grid_encoding.grid)
+                             if strength > 0 else None)
+                features = fuse_with_strength(model, one_content, shift_onto_grid(image, offset), one_style,
+                                              strength, seed, shuffle)
+                previous[offset] = smooth_over_time(features, temporal_smoothing, previous[offset])
+                fused[offset].append(previous[offset].to(storage))
             tracker.image_done()
-    return FeaturesPayload(torch.cat(features), encoding.image_size, content.alpha)
+    shifted = {offset: (torch.cat(fused[offset]), grid_encoding.image_size) for offset, grid_encoding in grids[1:]}
+    return FeaturesPayload(torch.cat(fused[(0, 0)]), encoding.image_size, content.alpha, shifted)
 
 
 def decode(loaded: LoadedModel, features: FeaturesPayload) -> torch.Tensor:
-    """MambaSTDecode: fused features -> IMAGE (clamped to 0..1, the content's alpha restored)."""
+    """MambaSTDecode: fused features -> IMAGE (clamped to 0..1, the content's alpha restored);
+    the token grids of the seam smoothing decoded and blended."""
     model, storage = loaded.model, host.intermediate_device()
     count = features.features.shape[0]
+    grids = [((0, 0), features.features, features.image_size), *((o, f, size) for o, (f, size) in
+                                                                   features.shifted.items())]
+    offsets = [offset for offset, _, _ in grids]
+    planned = [decode_ticks(model.config) * len(grids)] * count
     images = []
-    with _running(loaded, [decode_ticks(model.config)] * count, *features.image_size, "decoding") as tracker:
+    with _running(loaded, planned, *features.image_size, "decoding") as tracker:
         for index in range(count):
-            images.append(model.decode(features.features[index:index + 1], features.image_size).to(storage))
+            decoded = [shift_back(model.decode(grid_features[index:index + 1], size), offset)
+                       for offset, grid_features, size in grids]
+            images.append(blend_grids(decoded, offsets, model.config.patch_size).to(storage))
             tracker.image_done()
     return join_image(torch.cat(images), features.alpha)
 
@@ -214,7 +257,7 @@ def stylize(loaded: LoadedModel, content_image: torch.Tensor, style_image: torch
             shuffle: bool = True, processing_size: int = 0, strength: float = 1.0, style_scale: float = 1.0,
             colour: str = "style", temporal_smoothing: float = 0.0, mask: torch.Tensor | None = None,
             feather: float = 0.0, invert_mask: bool = False, second_style: torch.Tensor | None = None,
-            second_style_weight: float = 0.0, tile_size: int = 0) -> torch.Tensor:
+            second_style_weight: float = 0.0, tile_size: int = 0, seam_smoothing: str = "off") -> torch.Tensor:
     """MambaSTStylize: all stages and controls in one; the same arithmetic as the staged nodes.
 
     ``processing_size`` > 0 resizes the content's shorter side to that many pixels for the
@@ -248,7 +291,7 @@ def stylize(loaded: LoadedModel, content_image: torch.Tensor, style_image: torch
     controls = Controls(seed=seed, shuffle=shuffle, strength=strength, style_scale=style_scale, colour=colour,
                         temporal_smoothing=temporal_smoothing, processing_size=processing_size,
                         second_style_weight=second_style_weight, mask=mask, feather=feather,
-                        invert_mask=invert_mask, tile=tile_size)
+                        invert_mask=invert_mask, tile=tile_size, seam_smoothing=seam_smoothing_grids(seam_smoothing))
     planned = batch_ticks(model, (height, width), content_rgb.shape[0], controls,
                           style_rgb, second_rgb)
     tile_h, tile_w = (min(height, tile_size), min(width, tile_size)) if tile_size else (height, width)

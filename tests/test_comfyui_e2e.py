@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,13 @@ from tools.comfyui_server import PACK_FOLDER, Server, prepare, running_comfyui
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+# Nodes of the frontend alone: not in /object_info, never sent to the server.
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+# Widgets holding names of files the user supplies: any value is valid in a template.
+USER_FILES = {("LoadImage", "image"), ("LoadVideo", "file"), ("CheckpointLoaderSimple", "ckpt_name"),
+              ("UpscaleModelLoader", "model_name"), ("MambaSTLoader", "checkpoint")}
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 NODE_IDS = ["MambaSTLoader", "MambaSTEncodeContent", "MambaSTEncodeStyle", "MambaSTFuse", "MambaSTDecode",
             "MambaSTStylize", "MambaSTStyleBlend", "MambaSTMaskComposite", "MambaSTKeepContentColour",
             "MambaSTMatchColour"]
@@ -40,6 +49,11 @@ def server(tmp_path_factory):
     write_image(torch.rand(3, 64, 64, generator=generator), base / "input" / "style.png")
     write_image(torch.rand(3, 40, 40, generator=generator), base / "input" / "style_b.png")
     write_image(torch.rand(3, 4, 4, generator=generator), base / "input" / "tiny.png")
+    example = Path(COMFYUI_DIR) / "input" / "example.png"  # the templates' content, in every install
+    if example.exists():
+        shutil.copy(example, base / "input" / "example.png")
+    else:
+        write_image(torch.rand(3, 512, 512, generator=generator), base / "input" / "example.png")
     # ComfyUI's LoadImage gives MASK = 1 - alpha: transparent where the stylization should show.
     rgba = np.asarray(Image.open(base / "input" / "content.png").convert("RGBA")).copy()
     rgba[..., 3] = 255
@@ -67,7 +81,7 @@ def test_status_route_help_pages_and_frontend_extension_are_served(server):
     assert f"/extensions/{PACK_FOLDER}/js/mambast_status.js" in server.get("/extensions")
     assert b"MambaST Stylize" in server.get(f"/extensions/{PACK_FOLDER}/docs/MambaSTStylize.md")
     templates = server.get("/workflow_templates")[PACK_FOLDER]
-    assert "Stylize a picture (all in one)" in templates and len(templates) == 6
+    assert "Stylize a picture (all in one)" in templates and len(templates) == len(WORKFLOWS)
     # The templates' pictures and clip are in the input folder, copied at start.
     assert {p.name for p in (ROOT / "example_inputs").iterdir()} <= {p.name for p in (server.base / "input").iterdir()}
 
@@ -203,3 +217,114 @@ def test_a_run_after_freeing_the_models_succeeds(server):
     server.post("/free", {"unload_models": True, "free_memory": True})
     second = saved_image(server, server.run(all_in_one_graph("small.safetensors", seed=4)), "5")
     assert np.array_equal(first, second)
+
+
+# -- the example workflows against the server's own node definitions ---------------------------
+def input_spec(spec: dict, name: str) -> tuple[object, dict]:
+    for section in ("required", "optional"):
+        if name in spec["input"].get(section, {}):
+            entry = spec["input"][section][name]
+            return entry[0], (entry[1] if len(entry) > 1 else {})
+    raise KeyError(name)
+
+
+def widget_inputs(spec: dict) -> list[tuple[str, object, dict]]:
+    """The inputs the frontend shows as widgets, in its order (required, then optional)."""
+    order = spec.get("input_order") or {section: list(inputs) for section, inputs in spec["input"].items()}
+    widgets = []
+    for section in ("required", "optional"):
+        for name in order.get(section, []):
+            kind, options = input_spec(spec, name)
+            if (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) \
+                    and not options.get("forceInput"):
+                widgets.append((name, kind, options))
+    return widgets
+
+
+def widget_values(node: dict, spec: dict) -> dict[str, object]:
+    """A saved node's widget values by input name; the values the frontend adds after some widgets
+    (a seed's "control after generate", an upload button's) are checked and dropped."""
+    values, named = list(node.get("widgets_values", [])), {}
+    for name, kind, options in widget_inputs(spec):
+        linked = any(i["name"] == name and i.get("link") is not None for i in node.get("inputs", []))
+        if not values:
+            break
+        value = values.pop(0)
+        if not linked:
+            named[name] = value
+        if options.get("control_after_generate") or (kind == "INT" and name in ("seed", "noise_seed")):
+            assert values and values.pop(0) in CONTROL_VALUES, (node["type"], name)
+        if options.get("image_upload") or options.get("video_upload"):
+            assert values, (node["type"], name)
+            values.pop(0)
+    assert values == [], f"{node['type']}: {len(values)} widget value(s) more than its inputs: {values}"
+    return named
+
+
+def check_value(node_type: str, name: str, kind, options: dict, value) -> None:
+    where = f"{node_type}.{name} = {value!r}"
+    choices = kind if isinstance(kind, list) else options.get("options") if kind == "COMBO" else None
+    if choices is not None:
+        assert (node_type, name) in USER_FILES or value in choices, f"{where}: not one of {choices}"
+    elif kind in ("INT", "FLOAT"):
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+        assert options.get("min", float("-inf")) <= value <= options.get("max", float("inf")), where
+        if kind == "INT":
+            assert float(value).is_integer(), where
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), where
+    elif kind == "STRING":
+        assert isinstance(value, str), where
+
+
+def as_prompt(graph: dict, info: dict) -> dict:
+    """The API prompt of a saved workflow, as the frontend builds it when Run is pressed."""
+    prompt = {}
+    links = {link[0]: link for link in graph["links"]}
+    for node in graph["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        inputs = dict(widget_values(node, info[node["type"]]))
+        for entry in node.get("inputs", []):
+            if entry.get("link") is not None:
+                _, source, slot, _, _, _ = links[entry["link"]]
+                inputs[entry["name"]] = [str(source), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def declared_models(graph: dict) -> list[str]:
+    return [m["name"] for node in graph["nodes"] for m in node.get("properties", {}).get("models", [])]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_example_workflow_matches_the_servers_nodes(server, path):
+    """Every node exists, every link joins an output to an input of its type, every widget value
+    is valid for its input (file names the user supplies excepted)."""
+    graph, info = json.loads(path.read_text()), server.get("/object_info")
+    nodes = {node["id"]: node for node in graph["nodes"]}
+    for node in nodes.values():
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        assert node["type"] in info, f"{node['type']} is not a node of this ComfyUI"
+        spec = info[node["type"]]
+        named = widget_values(node, spec)
+        for name, kind, options in widget_inputs(spec):
+            if name in named:
+                check_value(node["type"], name, kind, options, named[name])
+    for _, source, source_slot, target, target_slot, kind in graph["links"]:
+        output_type = info[nodes[source]["type"]]["output"][source_slot]
+        input_name = nodes[target]["inputs"][target_slot]["name"]
+        input_type, _ = input_spec(info[nodes[target]["type"]], input_name)
+        assert output_type == kind == input_type, (path.stem, nodes[source]["type"], nodes[target]["type"], input_name)
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if not declared_models(json.loads(p.read_text()))],
+                         ids=lambda p: p.stem)
+def test_example_workflows_needing_no_other_model_run_to_completion(server, path):
+    graph = json.loads(path.read_text())
+    entry = server.run(as_prompt(graph, server.get("/object_info")), timeout=900)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    saved = [output for output in entry["outputs"].values() if output.get("images") or output.get("videos")
+             or output.get("animated")]
+    assert saved, entry["outputs"]

@@ -15,7 +15,10 @@ NODE_IDS = ["MambaSTLoader", "MambaSTEncodeContent", "MambaSTEncodeStyle", "Mamb
 NODE_IDS += ["MambaSTStyleBlend", "MambaSTMaskComposite", "MambaSTKeepContentColour", "MambaSTMatchColour"]
 CORE_NODES = {"LoadImage", "SaveImage", "UpscaleModelLoader", "ImageUpscaleWithModel", "LoadVideo",
               "GetVideoComponents", "CreateVideo", "SaveVideo", "PreviewImage", "ImageCompositeMasked", "SolidMask",
-              "MaskComposite", "Note"}
+              "MaskComposite", "Note", "CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncode", "KSampler",
+              "VAEDecode", "ImageScaleBy"}
+# Loaders of models a user may not have yet, and the model folder each declares its file in.
+MODEL_LOADERS = {"UpscaleModelLoader": "upscale_models", "CheckpointLoaderSimple": "checkpoints"}
 # Inputs every ComfyUI install has (its example.png) or the pack copies into the input folder.
 SHIPPED_INPUTS = {"example.png"} | {p.name for p in (ROOT / "example_inputs").glob("mambast_example_*")}
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
@@ -29,7 +32,9 @@ def test_every_node_has_a_help_page(node_id):
 
 def test_example_workflows_exist_and_are_named_in_words():
     assert {p.stem for p in WORKFLOWS} >= {"Stylize a picture (all in one)", "Stylize step by step (staged nodes)",
-                                           "Stylize a video with one style", "Stylize then upscale 4x"}
+                                           "Stylize a video with one style", "Stylize then upscale 4x",
+                                           "Stylize then refine with SD 1.5",
+                                           "Stylize, upscale and refine with SDXL (hires fix)"}
     for path in WORKFLOWS:  # ComfyUI shows a pack's template by its file name
         assert " " in path.stem and "_" not in path.stem, path.name
 
@@ -40,10 +45,10 @@ def test_example_workflows_load_only_files_every_install_has_and_declare_other_m
     for node in graph["nodes"]:
         if node["type"] in ("LoadImage", "LoadVideo"):
             assert node["widgets_values"][0] in SHIPPED_INPUTS, (node["type"], node["widgets_values"])
-        if node["type"] == "UpscaleModelLoader":
+        if node["type"] in MODEL_LOADERS:
             declared = node["properties"]["models"]
             assert [m["name"] for m in declared] == [node["widgets_values"][0]]
-            assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] == "upscale_models"
+            assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] == MODEL_LOADERS[node["type"]]
                        for m in declared)
     assert "ds" not in graph.get("extra", {})  # the frontend fits a graph without a saved view to the screen
 

@@ -29,6 +29,18 @@ STYLE = "mambast_example_style.jpg"
 SECOND_STYLE = "mambast_example_style_2.jpg"
 CLIP = "mambast_example_frames.mp4"
 CONTENT = "example.png"  # shipped in every ComfyUI's input folder
+SD15 = {"name": "v1-5-pruned-emaonly-fp16.safetensors",
+        "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+               "v1-5-pruned-emaonly-fp16.safetensors",
+        "directory": "checkpoints"}
+SDXL = {"name": "sd_xl_base_1.0.safetensors",
+        "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+        "directory": "checkpoints"}
+# What the example style looks like, for the refining pass: the prompt keeps the diffusion model
+# painting in the style instead of pulling the picture back towards a photograph.
+STYLE_PROMPT = ("a painting with swirling blue and yellow brush strokes, thick oil paint, expressive impasto "
+                "texture, vivid colours")
+NEGATIVE_PROMPT = "photograph, smooth, blurry, low detail, text, watermark"
 UPSCALER = {"name": "RealESRGAN_x4plus.safetensors",
             "url": "https://huggingface.co/Comfy-Org/Real-ESRGAN_repackaged/resolve/main/RealESRGAN_x4plus.safetensors",
             "directory": "upscale_models"}
@@ -111,12 +123,13 @@ STYLIZE_INPUTS = [MODEL, ("content", "IMAGE"), ("style", "IMAGE"), ("mask", "MAS
 
 
 def stylize(graph: Graph, pos, seed=42, strength=1.0, style_scale=1.0, colour="style", smoothing=0.0,
-            feather=0, invert=False, second_weight=0.5) -> Node:
+            feather=0, invert=False, second_weight=0.5, seams="off") -> Node:
     # Widgets in input order: seed (+ its control), shuffle, processing_size, strength, style_scale,
-    # colour, temporal_smoothing, then the optional feather, invert_mask, style_2_weight, tile_size.
+    # colour, temporal_smoothing, then the optional feather, invert_mask, style_2_weight, tile_size,
+    # seam_smoothing.
     return graph.add("MambaSTStylize", pos, inputs=STYLIZE_INPUTS, outputs=[("image", "IMAGE")],
                      widgets=[seed, "fixed", True, 512, strength, style_scale, colour, smoothing, feather, invert,
-                              second_weight, 0], size=(340, 400))
+                              second_weight, 0, seams], size=(340, 420))
 
 
 def encode_style(graph: Graph, pos, scale=1.0) -> Node:
@@ -160,7 +173,7 @@ def staged() -> Graph:
     content = load_image(graph, (0, 230), CONTENT, "Content")
     style = load_image(graph, (0, 610), STYLE, "Style")
     encode_content = graph.add("MambaSTEncodeContent", (380, 180), inputs=[MODEL, ("image", "IMAGE")],
-                               outputs=[("content", "MAMBAST_CONTENT")], size=(280, 80))
+                               outputs=[("content", "MAMBAST_CONTENT")], widgets=["off"], size=(280, 100))
     style_node = encode_style(graph, (380, 560))
     fuse_node = fuse(graph, (720, 300))
     decode = graph.add("MambaSTDecode", (1080, 300), inputs=[MODEL, ("features", "MAMBAST_FEATURES")],
@@ -217,6 +230,72 @@ def upscale() -> Graph:
     return graph
 
 
+def diffusion_refine(graph: Graph, image: Node, checkpoint: dict, x: int, denoise: float, steps: int, cfg: float,
+                     prefix: str, note: str, note_title: str) -> None:
+    """``image`` through a low-denoise img2img pass of a diffusion checkpoint, then saved: VAE
+    Encode, KSampler with a prompt describing the style, VAE Decode. Laid out in three columns
+    from ``x``, compact enough for the frontend to draw the whole graph legibly."""
+    encode = graph.add("VAEEncode", (x, 300), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+                       outputs=[("LATENT", "LATENT")], size=(220, 50))
+    loader_node = graph.add("CheckpointLoaderSimple", (x, 420), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"),
+                                                                       ("VAE", "VAE")],
+                            widgets=[checkpoint["name"]], size=(260, 100), title="Diffusion checkpoint")
+    loader_node.models = [dict(checkpoint)]
+    positive = graph.add("CLIPTextEncode", (x + 280, 180), inputs=[("clip", "CLIP")],
+                         outputs=[("CONDITIONING", "CONDITIONING")], widgets=[STYLE_PROMPT], size=(260, 160),
+                         title="Describe the style")
+    negative = graph.add("CLIPTextEncode", (x + 280, 380), inputs=[("clip", "CLIP")],
+                         outputs=[("CONDITIONING", "CONDITIONING")], widgets=[NEGATIVE_PROMPT], size=(260, 110),
+                         title="Negative")
+    sampler = graph.add("KSampler", (x + 560, 180), inputs=[("model", "MODEL"), ("positive", "CONDITIONING"),
+                                                           ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+                        outputs=[("LATENT", "LATENT")],
+                        widgets=[42, "fixed", steps, cfg, "dpmpp_2m", "karras", denoise], size=(250, 270),
+                        title=f"Refine (denoise {denoise})")
+    decode = graph.add("VAEDecode", (x + 560, 490), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                       outputs=[("IMAGE", "IMAGE")], size=(220, 50))
+    out = graph.add("SaveImage", (x + 560, 590), inputs=[("images", "IMAGE")], widgets=[prefix], size=(250, 280))
+    graph.add("Note", (x, 560), widgets=[note], size=(520, 130), title=note_title)
+    graph.connect(image, 0, encode, "pixels")
+    graph.connect(loader_node, 2, encode, "vae")
+    graph.connect(loader_node, 0, sampler, "model")
+    graph.connect(loader_node, 1, positive, "clip")
+    graph.connect(loader_node, 1, negative, "clip")
+    graph.connect(positive, 0, sampler, "positive")
+    graph.connect(negative, 0, sampler, "negative")
+    graph.connect(encode, 0, sampler, "latent_image")
+    graph.connect(sampler, 0, decode, "samples")
+    graph.connect(loader_node, 2, decode, "vae")
+    graph.connect(decode, 0, out, "images")
+
+
+def refine() -> Graph:
+    """Stylize, then repair texture and add detail with SD 1.5 at low denoise."""
+    graph = Graph()
+    _, node = stylize_from_images(graph, seams="2 grids")
+    diffusion_refine(graph, node, SD15, 760, denoise=0.35, steps=20, cfg=6.5, prefix="mambast/refined",
+                     note="Stylize first, then let SD 1.5 repaint at low denoise: 0.3-0.45 keeps the style and the "
+                          "layout and cleans up the patch texture; above 0.5 the checkpoint's own look takes over. "
+                          "Describe the style in the prompt so the model keeps painting in it.",
+                     note_title="How much to refine")
+    return graph
+
+
+def hires_fix() -> Graph:
+    """Stylize at 512 px, upscale 2x, then an SDXL pass at low denoise: a "hires fix"."""
+    graph = Graph()
+    _, node = stylize_from_images(graph, seams="2 grids")
+    scale = graph.add("ImageScaleBy", (760, 180), inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")],
+                      widgets=["lanczos", 2.0], size=(260, 90), title="Upscale 2x (to 1024 px)")
+    graph.connect(node, 0, scale, "image")
+    diffusion_refine(graph, scale, SDXL, 760, denoise=0.3, steps=25, cfg=6.0, prefix="mambast/hires",
+                     note="Stylize at 512 px (the model's training size), upscale, then SDXL adds the detail the "
+                          "larger size needs. Keep denoise at 0.25-0.4 so the strokes stay Mamba-ST's; an upscale "
+                          "model (see the upscale template) instead of Upscale Image By gives a sharper start.",
+                     note_title="Hires fix")
+    return graph
+
+
 def masked() -> Graph:
     """A square in the middle as the mask, made by core nodes so the template runs as shipped; a
     note says how to paint one's own instead (LoadImage's MASK output, after the MaskEditor)."""
@@ -247,7 +326,7 @@ def style_blend() -> Graph:
     style_a = load_image(graph, (0, 610), STYLE, "Style A")
     style_b = load_image(graph, (0, 990), SECOND_STYLE, "Style B")
     encode_content = graph.add("MambaSTEncodeContent", (380, 180), inputs=[MODEL, ("image", "IMAGE")],
-                               outputs=[("content", "MAMBAST_CONTENT")], size=(280, 80))
+                               outputs=[("content", "MAMBAST_CONTENT")], widgets=["off"], size=(280, 100))
     encoded_a = encode_style(graph, (380, 560))
     encoded_b = encode_style(graph, (380, 940), scale=2.0)
     blend = graph.add("MambaSTStyleBlend", (720, 700), inputs=[("style_a", "MAMBAST_STYLE"),
@@ -283,6 +362,8 @@ WORKFLOWS = {
     "Stylize then upscale 4x": upscale,
     "Stylize inside a mask, keeping the colours": masked,
     "Blend two styles": style_blend,
+    "Stylize then refine with SD 1.5": refine,
+    "Stylize, upscale and refine with SDXL (hires fix)": hires_fix,
 }
 
 

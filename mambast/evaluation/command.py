@@ -18,6 +18,7 @@ DEFAULT_OUT = "evaluation"
 
 def add_evaluate_parser(commands) -> None:
     from ..checkpoint import DTYPES
+    from ..cli import add_seam_smoothing_argument
     from ..scan import CHOICES as SCAN_CHOICES
     from .weights import METRICS_ENV
 
@@ -47,6 +48,7 @@ def add_evaluate_parser(commands) -> None:
     evaluate.add_argument("--dtype", choices=list(DTYPES), default="float32",
                           help="dtype of Mamba-ST's dense layers (the metrics run in float32)")
     evaluate.add_argument("--scan", choices=list(SCAN_CHOICES), default="auto", help="selective-scan backend")
+    add_seam_smoothing_argument(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
 
@@ -92,6 +94,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                      "stylized_dir": str(stylized_dir), "method": "other" if args.stylized else "mambast",
                      "checkpoint": None if args.stylized else str(args.checkpoint_used),
                      "size": None if args.stylized else args.size, "seed": None if args.stylized else args.seed,
+                     "seam_smoothing": None if args.stylized else args.seam_smoothing,
                      "content_images": len(contents), "style_images": len(styles)},
     }
     from ..files import write_atomically
@@ -138,7 +141,8 @@ def stylize_pairs(args: argparse.Namespace, contents: list[Path], styles: list[P
     except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     device = model.device
-    options = argparse.Namespace(overwrite=False, tile=0, size=args.size, no_shuffle=False)
+    options = argparse.Namespace(overwrite=False, tile=0, size=args.size, no_shuffle=False,
+                                 seam_smoothing=args.seam_smoothing)
     run = StylizeRun(len(contents) * len(styles))
     run.say(f"Stylizing {len(contents)} content x {len(styles)} style image(s) into {out} on {device} "
             f"({model.dtype}, {model.scan_backend} scan), seed {args.seed}; pairs already there are kept")
