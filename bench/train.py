@@ -135,27 +135,15 @@ def sequential_scan_linear_backward(u, delta, A, B, C, D=None, delta_bias=None, 
     ``unbind``: the same arithmetic, a backward linear in the sequence length."""
     import torch
 
-    from mambast.scan.contract import prepare_scan_inputs
+    from mambast.scan.reference import channel_major_output, token_major_terms
 
-    u, delta, A, B, C = prepare_scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
-    batch, channels, length = u.shape
-    groups, state_size = B.shape[1], A.shape[1]
-    per_group = channels // groups
-    delta_t = delta.view(batch, groups, per_group, length).permute(3, 0, 1, 2)
-    u_t = u.view(batch, groups, per_group, length).permute(3, 0, 1, 2)
-    B_t = B.permute(3, 0, 1, 2).unsqueeze(3)  # (L, B, G, 1, N)
-    C_t = C.permute(3, 0, 1, 2).unsqueeze(-1)  # (L, B, G, N, 1)
-    transition = torch.exp(delta_t.unsqueeze(-1) * A.view(groups, per_group, state_size))
-    drive = (delta_t * u_t).unsqueeze(-1) * B_t
-    state = u.new_zeros(batch, groups, per_group, state_size)
+    u, transition, drive, C_t = token_major_terms(u, delta, A, B, C, delta_bias, delta_softplus)
+    state = u.new_zeros(transition.shape[1:])
     ys = []
     for step_transition, step_drive, step_C in zip(transition.unbind(0), drive.unbind(0), C_t.unbind(0)):
         state = step_transition * state + step_drive
         ys.append(torch.matmul(state, step_C).squeeze(-1))
-    y = torch.stack(ys).permute(1, 2, 3, 0).reshape(batch, channels, length)
-    if D is not None:
-        y = y + u * D.float().unsqueeze(-1)
-    return y
+    return channel_major_output(torch.stack(ys), u, D)
 
 
 def _scan_under_autograd(variant: str, device) -> None:

@@ -53,7 +53,7 @@ def add_evaluate_parser(commands) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..cli import collect_images, output_name
+    from ..cli import collect_images, find_checkpoint, output_name
     from .weights import MetricWeightsMissing, find_metric_files
 
     contents = collect_images([args.content_dir], "content")
@@ -70,12 +70,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except OSError as error:
         raise SystemExit(f"error: cannot make the output folder {out}: {error.strerror or error}.") from None
 
+    checkpoint = None
     if args.stylized:
         stylized_dir, stylization = Path(args.stylized), None
         stylized = find_stylized(stylized_dir, contents, styles)
     else:
         stylized_dir = out
-        stylization = stylize_pairs(args, contents, styles, out)
+        checkpoint = find_checkpoint(args.checkpoint)
+        stylization = stylize_pairs(args, checkpoint, contents, styles, out)
         if stylization is None:
             return 130
         stylized = [out / output_name(c, s) for c in contents for s in styles]
@@ -92,7 +94,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "stylization": stylization,
         "settings": {"content_dir": str(args.content_dir), "style_dir": str(args.style_dir),
                      "stylized_dir": str(stylized_dir), "method": "other" if args.stylized else "mambast",
-                     "checkpoint": None if args.stylized else str(args.checkpoint_used),
+                     "checkpoint": None if checkpoint is None else str(checkpoint),
                      "size": None if args.stylized else args.size, "seed": None if args.stylized else args.seed,
                      "seam_smoothing": None if args.stylized else args.seam_smoothing,
                      "content_images": len(contents), "style_images": len(styles)},
@@ -127,17 +129,17 @@ def find_stylized(folder: Path, contents: list[Path], styles: list[Path]) -> lis
     return found
 
 
-def stylize_pairs(args: argparse.Namespace, contents: list[Path], styles: list[Path], out: Path) -> dict | None:
+def stylize_pairs(args: argparse.Namespace, checkpoint: Path, contents: list[Path], styles: list[Path],
+                  out: Path) -> dict | None:
     """Stylize the pairs not yet in ``out``, timing the model's calls and the peak memory; the
     stylization's figures as a dict, or None when interrupted."""
     from .. import load
     from ..checkpoint import CheckpointError
-    from ..cli import StylizeRun, find_checkpoint, stylize_content
+    from ..cli import StylizeRun, stylize_content
     from ..measure import peak_mib, reset_peak, resident_mib
 
-    args.checkpoint_used = find_checkpoint(args.checkpoint)
     try:
-        model = load(args.checkpoint_used, device=args.device, dtype=args.dtype, scan=args.scan)
+        model = load(checkpoint, device=args.device, dtype=args.dtype, scan=args.scan)
     except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     device = model.device
