@@ -127,8 +127,10 @@ def measure(variant: str, size: int, repeats: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     content, style = bench_inputs(size, size)
+    scan = None
     if variant == "ours":
-        model = build_model("chunked")
+        model = build_model(None)  # the automatic scan backend, as shipped
+        scan = model.scan_backend
 
         def run():
             model.stylize(content, style, seed=0)
@@ -147,7 +149,7 @@ def measure(variant: str, size: int, repeats: int, threads: int) -> dict:
     with torch.inference_mode():
         run()  # warm-up
     result = timed_runs(run, repeats)
-    return {"variant": variant, "size": size, "seconds": median(result["seconds"]), "runs": result["seconds"],
+    return {"variant": variant, "scan": scan, "size": size, "seconds": median(result["seconds"]), "runs": result["seconds"],
             "peak_mib": result["peak_mib"], "peak_total_mib": result["peak_total_mib"]}
 
 
@@ -173,7 +175,8 @@ def main() -> None:
             rows[variant] = run_isolated(Path(__file__), "--worker", variant, "--size", str(size), "--repeats",
                                          str(args.repeats), "--threads", str(args.threads))
             row = rows[variant]
-            print(f"  {size:>5} px  {variant:<6} {row['seconds']:7.2f} s   peak +{row['peak_mib']:6.0f} MiB "
+            label = f"{variant} ({row['scan']} scan)" if row.get("scan") else variant
+            print(f"  {size:>5} px  {label:<20} {row['seconds']:7.2f} s   peak +{row['peak_mib']:6.0f} MiB "
                   f"({row['peak_total_mib']:5.0f} in all)   runs: {', '.join(f'{s:.2f}' for s in row['runs'])}",
                   flush=True)
         ratio = rows["ours"]["seconds"] / rows["efdm"]["seconds"]

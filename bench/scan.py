@@ -1,8 +1,9 @@
-"""Time and memory of the `chunked` selective scan against the sequential `reference`.
+"""Time and memory of the `chunked` and `numba` selective scans against the sequential `reference`.
 
 Shape: one MSTD layer of a 512x512 image (u, delta: 1 x 4096 x 4096; B, C: 1 x 4 x 16 x 4096),
 with the released model's scale of values (A = -(1..16), softplus steps in 0.001..0.1). Each
-backend runs in a fresh process (so peak memory is its own), several times; the medians and the
+backend runs in a fresh process (``numba`` where Numba is installed; its compilation, or loading
+from Numba's cache, happens in the warm-up call) (so peak memory is its own), several times; the medians and the
 ratios are printed.
 
     python bench/scan.py [--repeats 5] [--threads 2] [--length 4096]
@@ -46,6 +47,8 @@ def measure(backend: str, repeats: int, threads: int, length: int) -> dict:
 
     torch.set_num_threads(threads)
     inputs = scan_inputs(length)
+    with torch.inference_mode():
+        BACKENDS[backend](**inputs)  # warm-up (Numba compiles or loads its cache here)
     return {"backend": backend, **timed_runs(lambda: BACKENDS[backend](**inputs), repeats)}
 
 
@@ -60,15 +63,20 @@ def main() -> None:
         print(json.dumps(measure(args.worker, args.repeats, args.threads, args.length)))
         return
     common = ("--repeats", str(args.repeats), "--threads", str(args.threads), "--length", str(args.length))
-    results = {name: run_isolated(Path(__file__), "--worker", name, *common) for name in ("reference", "chunked")}
+    from mambast.scan import numba_available
+
+    names = ("reference", "chunked") + (("numba",) if numba_available() else ())
+    results = {name: run_isolated(Path(__file__), "--worker", name, *common) for name in names}
     print(f"selective scan, u 1x4096x{args.length}, B/C 1x4x16x{args.length}, {args.threads} threads, "
           f"median of {args.repeats}")
     for name, result in results.items():
         print(f"  {name:<10} {median(result['seconds']):8.3f} s   peak +{result['peak_mib']:8.1f} MiB   "
               f"runs: {', '.join(f'{s:.3f}' for s in result['seconds'])}")
-    ref, ours = results["reference"], results["chunked"]
-    print(f"  chunked is {median(ref['seconds']) / median(ours['seconds']):.1f}x faster and uses "
-          f"{ours['peak_mib'] / ref['peak_mib']:.3f}x the reference's peak memory")
+    ref = results["reference"]
+    for name in names[1:]:
+        ours = results[name]
+        print(f"  {name} is {median(ref['seconds']) / median(ours['seconds']):.1f}x faster and uses "
+              f"{ours['peak_mib'] / ref['peak_mib']:.3f}x the reference's peak memory")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ float32, batch 1. Each variant runs in a fresh process (so the peak memory is it
 times; medians and ratios are printed.
 
 Variants:
-- ``ours``: :meth:`MambaST.stylize` as shipped (``chunked`` scan).
+- ``ours``: :meth:`MambaST.stylize` as shipped (the automatic scan backend: ``numba`` where
+  Numba is installed, else ``chunked``).
+- ``ours, chunked scan``: the same with the pure-PyTorch ``chunked`` scan (no Numba).
 - ``reference path``: the reference's stylization path, patch embedding -> Mamba body -> CNN
   decoder, with the ``reference`` (sequential) scan, the four scan directions stacked, flipped
   and merged as copies, and the CNN decoder in contiguous NCHW: what the reference computes.
@@ -32,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import median, run_isolated, timed_runs  # noqa: E402
 
-VARIANTS = ("ours", "reference path", "reference forward")
+VARIANTS = ("ours", "ours, chunked scan", "reference path", "reference forward")
 
 
 def bench_inputs(height: int, width: int):
@@ -50,7 +52,7 @@ def bench_inputs(height: int, width: int):
     return picture(height, width), picture(height, width)
 
 
-def build_model(scan: str):
+def build_model(scan: str | None):
     import mambast
     from mambast.random_weights import random_official_tensors
 
@@ -112,8 +114,8 @@ def measure(variant: str, size: tuple[int, int], repeats: int, threads: int) -> 
 
     torch.set_num_threads(threads)
     content, style = bench_inputs(*size)
-    if variant == "ours":
-        model = build_model("chunked")
+    if variant.startswith("ours"):
+        model = build_model("chunked" if variant == "ours, chunked scan" else None)
     else:
         import mambast.model
 
@@ -132,7 +134,10 @@ def measure(variant: str, size: tuple[int, int], repeats: int, threads: int) -> 
             style_identity = model.stylize(style, style, seed=0)
             vgg_losses(vgg, content, style, stylized, content_identity, style_identity)
 
-    return {"variant": variant, **timed_runs(run, repeats)}
+    if variant.startswith("ours"):
+        with torch.inference_mode():
+            model.stylize(content, style, seed=0)  # warm-up: Numba compiles its kernel or loads it from its cache
+    return {"variant": variant, "scan": model.scan_backend, **timed_runs(run, repeats)}
 
 
 def breakdown(size: tuple[int, int], repeats: int, threads: int) -> None:
@@ -142,7 +147,7 @@ def breakdown(size: tuple[int, int], repeats: int, threads: int) -> None:
     import mambast.blocks
 
     torch.set_num_threads(threads)
-    model = build_model("chunked")
+    model = build_model(None)
     content, style = bench_inputs(*size)
     spent = {"selective scans": 0.0, "CNN decoder": 0.0}
 
@@ -154,8 +159,8 @@ def breakdown(size: tuple[int, int], repeats: int, threads: int) -> None:
             return result
         return run
 
-    mambast.blocks.selective_scan_chunked_directions = timed(mambast.blocks.selective_scan_chunked_directions,
-                                                             "selective scans")
+    for name in ("selective_scan_chunked_directions", "selective_scan_numba_orders"):
+        setattr(mambast.blocks, name, timed(getattr(mambast.blocks, name), "selective scans"))
     model.decode = timed(model.decode, "CNN decoder")
     rows = []
     with torch.inference_mode():
@@ -167,7 +172,8 @@ def breakdown(size: tuple[int, int], repeats: int, threads: int) -> None:
             total = time.perf_counter() - started
             rows.append({**spent, "rest (VSS projections, norms, depthwise convs, embedding)":
                          total - sum(spent.values()), "total": total})
-    print(f"where the time of stylize goes, {size[1]}x{size[0]}, {threads} threads, median of {repeats}:")
+    print(f"where the time of stylize goes, {size[1]}x{size[0]}, {threads} threads, {model.scan_backend} scan, "
+          f"median of {repeats}:")
     for name in rows[0]:
         print(f"  {name:<58} {median([r[name] for r in rows]):6.2f} s")
 
@@ -195,7 +201,7 @@ def main() -> None:
     print(f"stylize {size[1]}x{size[0]}, random 3+3-layer weights, float32, batch 1, {args.threads} threads, "
           f"median of {args.repeats}; peak = resident memory above the loaded model (total in brackets)")
     for name, result in results.items():
-        print(f"  {name:<18} {median(result['seconds']):8.2f} s   peak +{result['peak_mib']:7.0f} MiB "
+        print(f"  {name + ' (' + result['scan'] + ')':<30} {median(result['seconds']):8.2f} s   peak +{result['peak_mib']:7.0f} MiB "
               f"({result['peak_total_mib']:5.0f})   runs: {', '.join(f'{s:.2f}' for s in result['seconds'])}")
     if "ours" in results:
         ours = results["ours"]

@@ -15,6 +15,7 @@ from .progress import cancel_point, tick
 from .scan import resolve_backend, runnable_backend, selective_scan
 from .scan.contract import records_gradients
 from .scan.chunked import selective_scan_chunked_directions
+from .scan.numba_scan import selective_scan_numba_orders
 
 # Parameters the selective scan reads; they stay float32 whatever the dense layers' dtype.
 SCAN_PARAMETERS = ("A_logs", "Ds", "dt_projs_bias")
@@ -105,6 +106,23 @@ def merge_sequences(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return y[:, 0] + reversed_back[:, 0] + columns_to_rows(y[:, 1]) + columns_to_rows(reversed_back[:, 1])
 
 
+def scan_orders(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(K=4, h*w) int64: the row-major index of the token each scan direction visits at each
+    step: row-major, column-major, then both reversed (the reference's four orders)."""
+    row_major = torch.arange(height * width, device=device)
+    column_major = row_major.view(height, width).t().reshape(-1)
+    return torch.stack([row_major, column_major, row_major.flip(0), column_major.flip(0)])
+
+
+def _in_scan_order(projection: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """(B, L, K*c) row-major projections, direction k's in columns k*c..(k+1)*c-1 ->
+    (B, K, L, c), each direction's tokens in its scan order."""
+    batch, length, _ = projection.shape
+    directions = orders.shape[0]
+    per_direction = projection.view(batch, length, directions, -1)
+    return torch.stack([per_direction[:, orders[k], k] for k in range(directions)], dim=1)
+
+
 class SS2D(nn.Module):
     """The 2-D selective scan module of a VSS block.
 
@@ -161,11 +179,11 @@ class SS2D(nn.Module):
         return grid_linear(y, self.out_proj.weight)
 
     def _token_major_backend(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> str | None:
-        """The backend of the direction-fused scan ("chunked" or "triton"), or None when the scan
-        runs on stacked directions instead (the reference and mamba_ssm backends, and autograd)."""
+        """The backend of the direction-fused scan ("chunked", "numba" or "triton"), or None when the
+        scan runs on stacked directions instead (the reference and mamba_ssm backends, and autograd)."""
         needs_grad = records_gradients(x, style_inner, *self.parameters())
         backend = runnable_backend(resolve_backend(self.scan_backend, x.device), x.device, needs_grad)
-        if needs_grad or backend not in ("chunked", "triton"):
+        if needs_grad or backend not in ("chunked", "numba", "triton"):
             return None
         return backend
 
@@ -192,16 +210,21 @@ class SS2D(nn.Module):
         ).view(batch, -1, self.d_inner, length)
         return merge_sequences(y, height, width).transpose(1, 2).reshape(batch, height, width, self.d_inner)
 
-    def _token_sequences(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, h, w, d_inner) -> SiLU(depthwise conv) in row-major and column-major order, each (B, L, d_inner).
+    def _row_sequence(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, d_inner) -> SiLU(depthwise conv) in row-major order, (B, L, d_inner).
 
         The convolution runs channels-last, so its output already is the row-major sequence.
         """
         batch, height, width, channels = tokens.shape
         grid = tokens.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         local = F.silu(self.conv2d(grid), inplace=_reusable()).permute(0, 2, 3, 1)
-        rows = local.reshape(batch, height * width, channels)
-        columns = local.transpose(1, 2).reshape(batch, height * width, channels)
+        return local.reshape(batch, height * width, channels)
+
+    def _token_sequences(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, h, w, d_inner) -> SiLU(depthwise conv) in row-major and column-major order, each (B, L, d_inner)."""
+        batch, height, width, channels = tokens.shape
+        rows = self._row_sequence(tokens)
+        columns = rows.view(batch, height, width, channels).transpose(1, 2).reshape(batch, height * width, channels)
         return rows, columns
 
     def _project(self, rows: torch.Tensor, columns: torch.Tensor, weight: torch.Tensor) -> list[torch.Tensor]:
@@ -217,11 +240,13 @@ class SS2D(nn.Module):
         return [by_rows[..., :width], by_columns[..., :width], by_rows[..., width:], by_columns[..., width:]]
 
     def _scan_token_major(self, x: torch.Tensor, style_inner: torch.Tensor | None, backend: str) -> torch.Tensor:
-        """The four directions without stacking or flipping copies (chunked or Triton scan, inference).
+        """The four directions without stacking or flipping copies (chunked, Numba or Triton scan, inference).
 
         Same arithmetic as :meth:`_scan_stacked` up to float rounding; (B, h, w, d_inner) out.
         """
         batch, height, width, _ = x.shape
+        if backend == "numba":
+            return self._scan_orders(x, style_inner)
         content_rows, content_columns = self._token_sequences(x)
         cancel_point()
         content_proj = self._project(content_rows, content_columns, self.x_proj_weight)
@@ -259,6 +284,36 @@ class SS2D(nn.Module):
         # the two column-major directions one at a time instead: a rounding-level difference.
         return rows_sum.view(batch, height, width, self.d_inner).add_(
             columns_sum.view(batch, width, height, self.d_inner).transpose(1, 2))
+
+    def _scan_orders(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> torch.Tensor:
+        """The four directions read from the row-major sequences in their scan orders (Numba scan).
+
+        No column-major copy: a projection of reordered tokens is the reordered projection, so
+        every direction's projection comes from the rows in one product and only those narrow
+        (dt_rank + 2 d_state wide) results are put in scan order; the kernel reads the tokens
+        and adds each direction's output at its row-major place. (B, h, w, d_inner) out.
+        """
+        batch, height, width, _ = x.shape
+        orders = scan_orders(height, width, x.device)  # (K, L)
+        content = self._row_sequence(x)
+        cancel_point()
+        content_proj = _in_scan_order(torch.matmul(content, self.x_proj_weight.flatten(0, 1).t()), orders)
+        cancel_point()
+        if self.cross:
+            sequence = self._row_sequence(style_inner)
+            cancel_point()
+            style_proj = _in_scan_order(torch.matmul(sequence, self.style_proj_weight.flatten(0, 1).t()), orders)
+            cancel_point()
+            dt_low, B = style_proj.split([self.dt_rank, self.d_state], dim=-1)
+            C = content_proj
+        else:
+            sequence = content
+            dt_low, B, C = content_proj.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        y = selective_scan_numba_orders(
+            sequence, orders, dt_low, A=-torch.exp(self.A_logs.float()), B=B, C=C, D=self.Ds.float(),
+            delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
+            delta_projection=self.dt_projs_weight)
+        return y.view(batch, height, width, self.d_inner)
 
 
 # The reference trains its cross (MSTD) blocks with DropPath(0.1) on the SS2D branch and its

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .config import MambaSTConfig
 from .imaging import padded_size
-from .scan.chunked import DEFAULT_CHUNK
+from .scan import scan_ticks
 from .seams import grid_offsets
 from .tiling import tile_count
 
@@ -43,9 +41,8 @@ def _tokens(config: MambaSTConfig, height: int, width: int) -> int:
 
 def block_ticks(config: MambaSTConfig, height: int, width: int, backend: str) -> int:
     """Progress ticks of one VSS block on an H x W image: one for the block, and with the
-    ``chunked`` scan one per chunk of tokens (the other backends scan in one call)."""
-    chunks = math.ceil(_tokens(config, height, width) / DEFAULT_CHUNK) if backend == "chunked" else 0
-    return 1 + chunks
+    ``chunked`` and ``numba`` scans one per chunk of tokens (the others scan in one call)."""
+    return 1 + scan_ticks(backend, _tokens(config, height, width))
 
 
 def encode_ticks(config: MambaSTConfig, height: int, width: int, backend: str) -> int:

@@ -77,7 +77,7 @@ def test_pack_imports_and_registers_all_its_nodes(server):
 
 def test_status_route_help_pages_and_frontend_extension_are_served(server):
     status = server.get("/mambast/status?checkpoint=official/&scan=auto")
-    assert status["ok"] and status["device"] == "cpu" and status["scan"] == "chunked", status
+    assert status["ok"] and status["device"] == "cpu" and status["scan"] in ("chunked", "numba"), status
     assert f"/extensions/{PACK_FOLDER}/js/mambast_status.js" in server.get("/extensions")
     assert b"MambaST Stylize" in server.get(f"/extensions/{PACK_FOLDER}/docs/MambaSTStylize.md")
     templates = server.get("/workflow_templates")[PACK_FOLDER]

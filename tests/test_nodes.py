@@ -183,24 +183,29 @@ def test_cancel_stops_at_the_next_check_within_a_scan_chunk(comfy):
 def test_cancel_is_checked_at_least_once_per_scan_chunk(comfy):
     stages = comfy.stages
     resources = importlib.import_module(comfy.pack.__name__ + ".mambast.resources")
-    chunked = importlib.import_module(comfy.pack.__name__ + ".mambast.scan.chunked")
+    scan = importlib.import_module(comfy.pack.__name__ + ".mambast.scan")
     loaded = stages.load_model("small.safetensors", "auto", "auto")
+    backend = loaded.model.scan_backend
     checks = []
     comfy.on_interrupt_check = lambda: checks.append(1)
     stages.stylize(loaded, image(1, 96, 96), image(1, 96, 96, seed=1), seed=0, processing_size=0)
     config = loaded.model.config
     scans = 2 * config.encoder_layers + config.decoder_layers
-    chunks_per_scan = -(-(12 * 12) // chunked.DEFAULT_CHUNK)
-    assert len(checks) >= scans * chunks_per_scan
+    assert scan.scan_ticks(backend, 12 * 12) >= 1
+    assert len(checks) >= scans * scan.scan_ticks(backend, 12 * 12)
     # Every progress tick is a check, and long layers add checks between their bands and phases.
-    assert len(checks) >= resources.stylize_ticks(config, 96, 96, "chunked", style_images=1)
+    assert len(checks) >= resources.stylize_ticks(config, 96, 96, backend, style_images=1)
 
 
 def test_status_reports_device_backend_and_whether_weights_load(comfy, tmp_path):
     status = importlib.import_module(comfy.pack.__name__ + ".nodes.status")
+    scan = importlib.import_module(comfy.pack.__name__ + ".mambast.scan")
+    automatic = "numba" if scan.numba_available() else "chunked"
     good = status.status_report("small.safetensors", "auto")
-    assert good["ok"] and good["device"] == "cpu" and good["scan"] == "chunked"
-    assert good["summary"] == "cpu | chunked scan | 2+2 layers, d_model 64, d_state 8"
+    assert good["ok"] and good["device"] == "cpu" and good["scan"] == automatic
+    assert good["summary"] == f"cpu | {automatic} scan | 2+2 layers, d_model 64, d_state 8"
+    chosen = status.status_report("small.safetensors", "chunked")
+    assert chosen["summary"] == "cpu | chunked scan | 2+2 layers, d_model 64, d_state 8"
     broken = Path(comfy.models_dir) / "mambast" / "broken.safetensors"
     broken.write_bytes(b"not safetensors")
     bad = status.status_report("broken.safetensors", "reference")

@@ -115,8 +115,9 @@ def test_dispatcher_follows_environment_variable(monkeypatch):
     assert scan.resolve_backend("reference", torch.device("cpu")) == "reference"
 
 
-def test_automatic_backend_is_chunked_without_cuda_kernel(monkeypatch):
+def test_automatic_backend_is_chunked_without_cuda_kernel_or_numba(monkeypatch):
     monkeypatch.delenv(scan.ENV_VARIABLE, raising=False)
+    monkeypatch.setattr(scan, "numba_available", lambda: False)
     assert scan.resolve_backend(None, torch.device("cpu")) == "chunked"
     assert scan.resolve_backend("auto", torch.device("cpu")) == "chunked"
 

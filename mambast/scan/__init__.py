@@ -15,6 +15,9 @@ Backends:
   it gives the chunked scan's gradients (:func:`triton_trains_on`); otherwise ``chunked`` does.
 - ``mamba_ssm``: the CUDA kernel of the mamba_ssm package, used automatically when it imports
   and the tensors are on CUDA.
+- ``numba``: our CPU kernel compiled by Numba (:mod:`mambast.scan.numba_scan`), the state of
+  each block of channels kept in L1 cache. Used automatically on the CPU when Numba imports
+  (``pip install numba``; optional); inference only: under autograd ``chunked`` runs.
 
 The choice comes from the ``scan`` argument of :func:`mambast.load`, else the ``MAMBAST_SCAN``
 environment variable, else the automatic rule above.
@@ -29,9 +32,12 @@ from typing import Callable
 
 import torch
 
+from .chunked import DEFAULT_CHUNK as _CHUNKED_TOKENS
 from .chunked import selective_scan_chunked, selective_scan_chunked_directions
 from .contract import check_scan_shapes, records_gradients
 from .mamba_ssm_backend import mamba_ssm_available, selective_scan_mamba_ssm
+from .numba_scan import DEFAULT_CHUNK as _NUMBA_TOKENS
+from .numba_scan import numba_available, selective_scan_numba
 from .reference import selective_scan_reference
 from .triton_available import triton_available, triton_compiles_for, triton_interpreted
 
@@ -48,11 +54,23 @@ BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
     "chunked": selective_scan_chunked,
     "triton": _selective_scan_triton,
     "mamba_ssm": selective_scan_mamba_ssm,
+    "numba": selective_scan_numba,
 }
 ENV_VARIABLE = "MAMBAST_SCAN"
 # What the loader node and the command line offer, in the order shown; "auto" is the rule below.
-CHOICES = ("auto", "chunked", "triton", "reference", "mamba_ssm")
+CHOICES = ("auto", "chunked", "numba", "triton", "reference", "mamba_ssm")
 assert set(CHOICES) == {"auto", *BACKENDS}
+
+
+# Tokens between two progress ticks of a VSS block's scan, for the backends that tick while they
+# scan (the others scan in one call).
+_TOKENS_PER_TICK = {"chunked": _CHUNKED_TOKENS, "numba": _NUMBA_TOKENS}
+
+
+def scan_ticks(backend: str, tokens: int) -> int:
+    """Progress ticks one VSS block's scan of ``tokens`` tokens makes with ``backend``."""
+    per_tick = _TOKENS_PER_TICK.get(backend)
+    return -(-tokens // per_tick) if per_tick else 0
 
 
 def validate_backend_name(name: str | None) -> str | None:
@@ -68,6 +86,9 @@ def validate_backend_name(name: str | None) -> str | None:
     if name == "triton" and not triton_available():
         raise ValueError("The triton scan backend was requested but Triton does not import here; install "
                          "triton (it ships with PyTorch's CUDA and ROCm builds) or choose 'chunked'.")
+    if name == "numba" and not numba_available():
+        raise ValueError("The numba scan backend was requested but Numba does not import here; install it "
+                         "(pip install numba, in the environment that runs ComfyUI) or choose 'chunked'.")
     return name
 
 
@@ -80,14 +101,19 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
         return "mamba_ssm"
     if device.type == "cuda" and triton_available() and triton_compiles_for(device):
         return "triton"
+    if device.type == "cpu" and numba_available():
+        return "numba"
     return "chunked"
 
 
 def runnable_backend(name: str, device: torch.device, needs_grad: bool) -> str:
     """``name`` if it can run here, else ``chunked``: the GPU kernels need CUDA tensors (Triton's
-    interpreter, ``TRITON_INTERPRET=1``, runs ours on any device for inference), and our kernel
-    trains only on a GPU where its backward pass has passed :func:`triton_trains_on`."""
+    interpreter, ``TRITON_INTERPRET=1``, runs ours on any device for inference), our Triton kernel
+    trains only on a GPU where its backward pass has passed :func:`triton_trains_on`, and the
+    Numba kernel runs on CPU tensors for inference only."""
     if name == "mamba_ssm" and device.type != "cuda":
+        return "chunked"
+    if name == "numba" and (needs_grad or device.type != "cpu"):
         return "chunked"
     if name == "triton":
         if needs_grad:
@@ -141,6 +167,6 @@ def selective_scan(
 
 
 __all__ = ["BACKENDS", "CHOICES", "ENV_VARIABLE", "check_scan_shapes", "mamba_ssm_available",
-           "resolve_backend", "runnable_backend", "selective_scan", "selective_scan_chunked",
+           "numba_available", "resolve_backend", "runnable_backend", "scan_ticks", "selective_scan", "selective_scan_chunked",
            "selective_scan_chunked_directions", "selective_scan_reference", "triton_available", "triton_trains_on",
            "validate_backend_name"]

@@ -260,7 +260,7 @@ def selective_scan_chunked_directions(
     B_scan, C_scan = B_scan.unsqueeze(-1), C_scan.unsqueeze(-2)  # (batch, K, L, N, 1), (batch, K, L, 1, N)
 
     if delta_projection is not None:
-        delta_of = _LowRankDelta(delta.float(), delta_projection.float(), bias)
+        delta_of = LowRankDelta(delta.float(), delta_projection.float(), bias)
         bias = None  # added by the projection
     else:
         def delta_of(start: int, stop: int) -> torch.Tensor:
@@ -270,7 +270,7 @@ def selective_scan_chunked_directions(
                         outputs)
 
 
-class _LowRankDelta:
+class LowRankDelta:
     """delta of a chunk from its low-rank input: one batched ``bias + low @ W.T`` product."""
 
     def __init__(self, low: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
