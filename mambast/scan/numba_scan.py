@@ -69,16 +69,10 @@ def selective_scan_numba(
         """(B, D, L) -> (B, G, L, D/G) float32."""
         return tensor.detach().float().reshape(batch, groups, per_group, length).transpose(2, 3)
 
-    raw_delta = token_major(delta)
-    bias = delta_bias.detach().float().reshape(1, groups, 1, per_group) if delta_bias is not None else None
-
-    def delta_of(start: int, stop: int) -> torch.Tensor:
-        steps = raw_delta[:, :, start:stop]
-        return steps + bias if bias is not None else steps.clone()
-
     rows = torch.arange(groups * length).view(groups, length)  # group k reads and writes its own rows
     output = _scan(token_major(u).reshape(batch, groups * length, per_group), rows, rows, groups * length,
-                   delta_of, delta_softplus, A, B.transpose(2, 3), C.transpose(2, 3), D, chunk)
+                   _delta_in_chunks(token_major(delta), delta_bias, None), delta_softplus, A, B.transpose(2, 3),
+                   C.transpose(2, 3), D, chunk)
     return output.view(batch, groups, length, per_group).transpose(2, 3).reshape(batch, channels, length)
 
 
@@ -164,7 +158,7 @@ def _delta_in_chunks(delta, delta_bias, delta_projection) -> Callable[[int, int]
 
     def delta_of(start: int, stop: int) -> torch.Tensor:
         steps = delta[:, :, start:stop].detach().float()
-        return steps + bias if bias is not None else steps.clone()
+        return steps + bias if bias is not None else steps
 
     return delta_of
 
