@@ -32,6 +32,20 @@ def _reusable() -> bool:
     return not torch.is_grad_enabled()
 
 
+def _spare_memory(spent: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """``spent``'s memory as a contiguous tensor of ``shape``, for a result to be written into
+    memory the process already holds, when nothing records gradients and ``spent`` (a temporary
+    the caller no longer reads) is a contiguous CPU tensor of ``dtype`` and large enough; else None.
+    """
+    count = 1
+    for size in shape:
+        count *= size
+    if (not _reusable() or spent.device.type != "cpu" or spent.dtype != dtype or not spent.is_contiguous()
+            or spent.numel() < count):
+        return None
+    return spent.reshape(-1)[:count].view(shape)
+
+
 def _add_residual(out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``out + residual``, into ``out`` (a block's fresh output) when nothing records gradients."""
     return out.add_(residual) if _reusable() else out + residual
@@ -39,36 +53,35 @@ def _add_residual(out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
 
 # Large grids go through the dense layers in bands of rows of about this many multiply-accumulates,
 # with a Cancel check between bands: a whole layer at 2048 px is seconds on a small CPU.
-BAND_MACS = 4 * 2**30
+BAND_MACS = 16 * 2**30
 
 
-def grid_linear(tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.linear(tokens, weight)`` (no bias) on a (B, h, w, C) token grid.
+def grid_linear(tokens: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(tokens, weight)`` (no bias) on a (B, h, w, C) token grid: (B, h, w, out).
 
-    On CPUs it runs as a 1x1 convolution of the channels-last grid: oneDNN's convolution is
-    15-35% faster here than the BLAS matrix product behind ``F.linear`` for these shapes
-    (bench/stylize.py), and it returns the same (B, h, w, out) layout; grids larger than a band
-    go through in bands of rows written into the output, with a Cancel check between them.
-    Elsewhere ``F.linear``.
+    On CPUs a grid within one band runs as a 1x1 convolution of the channels-last grid: oneDNN's
+    convolution is 15-35% faster here than the BLAS matrix product behind ``F.linear`` for these
+    shapes (bench/stylize.py). Larger grids, and results written into ``out`` (a contiguous
+    float (B, h, w, out) buffer whose memory is already the process's: a fresh 64 MiB result
+    costs about 30 ms of page faults here), go through matrix products written straight into
+    the output's rows, in bands, with a Cancel check between bands. Elsewhere ``F.linear``.
     """
     if tokens.device.type != "cpu" or tokens.dim() != 4 or not torch.backends.mkldnn.is_available():
-        return F.linear(tokens, weight)
-    kernel = weight.reshape(*weight.shape, 1, 1)
-    batch, height, width, _ = tokens.shape
-    rows = max(1, BAND_MACS // max(1, batch * width * weight.numel()))
-    if height <= rows:
-        return _pointwise(tokens, kernel)
-    out = tokens.new_empty((batch, height, width, weight.shape[0]))
-    for top in range(0, height, rows):
-        cancel_point()
-        out[:, top:top + rows] = _pointwise(tokens[:, top:top + rows], kernel)
+        return F.linear(tokens, weight) if out is None else out.copy_(F.linear(tokens, weight))
+    batch, height, width, channels = tokens.shape
+    rows = max(1, BAND_MACS // max(1, width * weight.numel()))
+    if out is None and height <= rows and batch * height * width * weight.numel() <= BAND_MACS:
+        grid = tokens.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(grid, weight.reshape(*weight.shape, 1, 1)).permute(0, 2, 3, 1)
+    if out is None:
+        out = tokens.new_empty((batch, height, width, weight.shape[0]))
+    transposed = weight.t()
+    for item in range(batch):
+        for top in range(0, height, rows):
+            cancel_point()
+            band = tokens[item, top:top + rows].reshape(-1, channels)
+            torch.mm(band, transposed, out=out[item, top:top + rows].view(-1, weight.shape[0]))
     return out
-
-
-def _pointwise(tokens: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """A (B, h, w, C) grid through a 1x1 convolution, channels-last in and out: (B, h, w, out)."""
-    grid = tokens.permute(0, 3, 1, 2)
-    return F.conv2d(grid.contiguous(memory_format=torch.channels_last), kernel).permute(0, 2, 3, 1)
 
 
 class PatchEmbedding(nn.Module):
@@ -173,10 +186,11 @@ class SS2D(nn.Module):
         else:
             y = self._scan_stacked(x, style_inner)
         if _reusable():  # the in_proj output and the norm's output are temporaries: reuse them
-            y = self.out_norm(y.to(gate.dtype)).mul_(F.silu(gate, inplace=True))
-        else:
-            y = self.out_norm(y.to(gate.dtype)) * F.silu(gate)
-        return grid_linear(y, self.out_proj.weight)
+            normed = self.out_norm(y.to(gate.dtype)).mul_(F.silu(gate, inplace=True))
+            # the scan output is spent once normalised: the projection goes into its memory
+            spent = _spare_memory(y, (*normed.shape[:-1], self.out_proj.out_features), normed.dtype)
+            return grid_linear(normed, self.out_proj.weight, out=spent)
+        return grid_linear(self.out_norm(y.to(gate.dtype)) * F.silu(gate), self.out_proj.weight)
 
     def _token_major_backend(self, x: torch.Tensor, style_inner: torch.Tensor | None) -> str | None:
         """The backend of the direction-fused scan ("chunked", "numba" or "triton"), or None when the
@@ -309,10 +323,12 @@ class SS2D(nn.Module):
         else:
             sequence = content
             dt_low, B, C = content_proj.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # x is spent (its convolution is ``content``): the scan writes its sum into x's memory
         y = selective_scan_numba_orders(
             sequence, orders, dt_low, A=-torch.exp(self.A_logs.float()), B=B, C=C, D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
-            delta_projection=self.dt_projs_weight)
+            delta_projection=self.dt_projs_weight,
+            out=_spare_memory(x, (batch, height * width, self.d_inner), torch.float32))
         return y.view(batch, height, width, self.d_inner)
 
 

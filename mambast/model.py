@@ -15,7 +15,7 @@ from .imaging import check_image, pad_to_multiple, padded_size
 from .progress import cancel_point, tick
 from .seams import on_grids
 from .shuffle import new_seed, style_permutations
-from .winograd import conv3x3, nnpack_available
+from .winograd import decoder_stages, nnpack_available, run_stages
 from .styles import GridCache, StyleMix, StyleSource, check_scale, fit_style_image, mix_tokens
 
 
@@ -242,20 +242,21 @@ class MambaST(nn.Module):
         ``size`` (H, W) crops the result, e.g. to ``ContentEncoding.image_size``.
         """
         image = features.to(device=self.device, dtype=self.dtype)
-        winograd = image.device.type == "cpu" and image.dtype == torch.float32 and nnpack_available()
-        if winograd:
-            image = image.contiguous()  # NNPACK's Winograd convolutions take NCHW
-        elif image.device.type in _CHANNELS_LAST_DEVICES:
-            # oneDNN and cuDNN convolve channels-last (NHWC) images faster (about 15% here on a CPU).
-            image = image.contiguous(memory_format=torch.channels_last)
+        stages = decoder_stages(self.decoder)
         cancel_point()
-        for layer in self.decoder:
-            if isinstance(layer, nn.Conv2d):
-                image = conv3x3(layer, image) if winograd else layer(image)
-                tick()
-            else:  # at full resolution an upsampling or padding alone takes a moment
+        if stages is not None and image.device.type == "cpu" and image.dtype == torch.float32 and nnpack_available():
+            # NNPACK's Winograd convolutions in bands, upsampling, padding and ReLU fused (mambast.winograd)
+            image = run_stages(stages, image, after_each=tick)
+        else:
+            if image.device.type in _CHANNELS_LAST_DEVICES:
+                # oneDNN and cuDNN convolve channels-last (NHWC) images faster (about 15% here on a CPU).
+                image = image.contiguous(memory_format=torch.channels_last)
+            for layer in self.decoder:
                 image = layer(image)
-                cancel_point()
+                if isinstance(layer, nn.Conv2d):
+                    tick()
+                else:  # at full resolution an upsampling or padding alone takes a moment
+                    cancel_point()
         image = image.float().contiguous()
         if size is not None:
             image = image[..., : size[0], : size[1]]

@@ -159,6 +159,35 @@ def test_grid_linear_equals_linear():
     assert torch.allclose(got, torch.nn.functional.linear(tokens, weight), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("band_macs", [None, 2 * 7 * 40 * 24])
+def test_grid_linear_into_given_memory_equals_linear(band_macs, monkeypatch):
+    from mambast import blocks
+
+    if band_macs is not None:
+        monkeypatch.setattr(blocks, "BAND_MACS", band_macs)  # bands of 2 rows
+    g = torch.Generator().manual_seed(0)
+    tokens, weight = torch.randn(2, 5, 7, 24, generator=g), torch.randn(40, 24, generator=g)
+    out = torch.full((2, 5, 7, 40), float("nan"))
+    got = blocks.grid_linear(tokens, weight, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.allclose(got, torch.nn.functional.linear(tokens, weight), atol=1e-5, rtol=1e-5)
+    banded = blocks.grid_linear(tokens, weight)  # batches and bands into fresh memory
+    assert torch.allclose(banded, got, atol=1e-5, rtol=1e-5)
+
+
+def test_spare_memory_is_lent_only_at_inference_and_only_when_it_fits():
+    from mambast.blocks import _spare_memory
+
+    spent = torch.randn(2, 3, 8)
+    with torch.inference_mode():
+        view = _spare_memory(spent, (2, 3, 4), torch.float32)
+        assert view.shape == (2, 3, 4) and view.data_ptr() == spent.data_ptr()
+        assert _spare_memory(spent, (2, 3, 9), torch.float32) is None  # too small
+        assert _spare_memory(spent, (2, 3, 4), torch.float64) is None
+        assert _spare_memory(spent.transpose(0, 1), (2, 3, 4), torch.float32) is None  # not contiguous
+    assert _spare_memory(spent, (2, 3, 4), torch.float32) is None  # autograd may need it
+
+
 def test_inference_reuses_buffers_and_matches_the_autograd_path(small_model):
     """In-place reuse of temporaries (no autograd) gives the image the differentiable path gives."""
     g = torch.Generator().manual_seed(3)

@@ -97,6 +97,14 @@ def test_scan_in_orders_equals_reference_on_the_four_direction_copies(height, wi
     got = selective_scan_numba_orders(sequence, scan_orders(height, width), delta_grid.transpose(2, 3), A,
                                       B.transpose(2, 3), C.transpose(2, 3), D, bias, True)
     assert relative_error(got.transpose(1, 2), expected) <= 1e-5
+    # into memory given for it: whatever it held is overwritten, the result is the same
+    out = torch.full((batch, length, channels), float("nan"))
+    into = selective_scan_numba_orders(sequence, scan_orders(height, width), delta_grid.transpose(2, 3), A,
+                                       B.transpose(2, 3), C.transpose(2, 3), D, bias, True, out=out)
+    assert into.data_ptr() == out.data_ptr() and torch.equal(into, got)
+    with pytest.raises(ValueError, match="out must be a contiguous float32"):
+        selective_scan_numba_orders(sequence, scan_orders(height, width), delta_grid.transpose(2, 3), A,
+                                    B.transpose(2, 3), C.transpose(2, 3), D, bias, True, out=out[:, :, :-1])
 
 
 @needs_numba

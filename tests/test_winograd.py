@@ -16,7 +16,7 @@ def test_winograd_convolution_equals_the_ordinary_one(band_pixels, calls_expecte
         pytest.skip("this PyTorch build has no NNPACK")
     monkeypatch.setattr(winograd, "BAND_PIXELS", band_pixels)  # 64 px: bands of 2 of the 19 rows
     g = torch.Generator().manual_seed(0)
-    layer = nn.Conv2d(16, 8, 3)
+    layer = nn.Conv2d(16, 64, 3)
     image = torch.randn(2, 16, 21, 34, generator=g)
     expected = F.conv2d(image, layer.weight, layer.bias)
     calls = []
@@ -37,6 +37,7 @@ def test_winograd_convolution_equals_the_ordinary_one(band_pixels, calls_expecte
 
 
 @pytest.mark.parametrize("layer, dtype", [(nn.Conv2d(4, 4, 3, padding=1), torch.float32),
+                                          (nn.Conv2d(4, 32, 3), torch.float32),  # few outputs: oneDNN
                                           (nn.Conv2d(4, 4, 3, stride=2), torch.float32),
                                           (nn.Conv2d(4, 4, 5), torch.float32),
                                           (nn.Conv2d(4, 4, 3), torch.float64)])
@@ -53,7 +54,7 @@ def test_an_nnpack_failure_falls_back(monkeypatch):
 
     monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse)
     monkeypatch.setattr(winograd, "nnpack_available", lambda: True)
-    layer = nn.Conv2d(4, 4, 3)
+    layer = nn.Conv2d(4, 64, 3)
     image = torch.randn(1, 4, 12, 12)
     assert torch.equal(winograd.conv3x3(layer, image), layer(image))
 
@@ -72,13 +73,69 @@ def test_heavy_convolutions_go_in_bands_of_bounded_work_with_cancel_checks_betwe
         pytest.skip("this PyTorch build has no NNPACK")
     from mambast.progress import progress_callback
 
-    layer = nn.Conv2d(16, 8, 3)
+    layer = nn.Conv2d(16, 64, 3)
     image = torch.randn(1, 16, 21, 34, generator=torch.Generator().manual_seed(2))
-    # 16 * 9 * 8 multiply-accumulates per output pixel; a cap of 3 rows of 32 pixels: 7 bands of the 19 rows.
-    monkeypatch.setattr(winograd, "BAND_MACS", 3 * 32 * 16 * 9 * 8)
+    # 16 * 9 * 64 multiply-accumulates per output pixel; a cap of 3 rows of 32 pixels: 7 bands of the 19 rows.
+    monkeypatch.setattr(winograd, "BAND_MACS", 3 * 32 * 16 * 9 * 64)
     checks = []
     with torch.inference_mode(), progress_callback(None, None, lambda: checks.append(1)):
         got = winograd.conv3x3(layer, image)
     assert len(checks) == 7
     expected = F.conv2d(image, layer.weight, layer.bias)
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+@pytest.mark.parametrize("height, width", [(1, 2), (2, 1), (2, 2), (5, 7), (8, 3)])
+def test_band_inputs_are_rows_of_the_upsampled_padded_image(scale, height, width):
+    image = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(3))
+    upsampled = F.interpolate(image, scale_factor=scale, mode="nearest")
+    if min(upsampled.shape[2:]) < 2:
+        return  # reflection padding needs two pixels a side
+    padded = F.pad(upsampled, (1, 1, 1, 1), mode="reflect")
+    rows_of = winograd._source_indices(height, scale, True, image.device)
+    assert rows_of.numel() == padded.shape[2]
+    for top, bottom in [(0, padded.shape[2]), (0, 2), (1, padded.shape[2]), (padded.shape[2] - 2, padded.shape[2])]:
+        band = winograd.band_input(image, rows_of[top:bottom], scale, padded=True)
+        assert band.is_contiguous()
+        assert torch.equal(band, padded[:, :, top:bottom])
+    channels_last = image.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(winograd.band_input(channels_last, rows_of, scale, padded=True), padded)
+
+
+def test_the_release_decoder_is_read_as_fused_stages():
+    from mambast.blocks import build_cnn_decoder
+    from mambast.config import MambaSTConfig
+
+    decoder = build_cnn_decoder(MambaSTConfig())
+    stages = winograd.decoder_stages(decoder)
+    convolutions = [layer for layer in decoder if isinstance(layer, nn.Conv2d)]
+    assert [stage.conv for stage in stages] == convolutions
+    assert [stage.scale for stage in stages] == [1, 2, 1, 1, 1, 2, 1, 2, 1]
+    assert [stage.relu for stage in stages] == [True] * 8 + [False]
+    # anything else is left to the layers themselves
+    assert winograd.decoder_stages(nn.Sequential(nn.Conv2d(3, 3, 3))) is None
+    assert winograd.decoder_stages(nn.Sequential(nn.ReflectionPad2d(2), nn.Conv2d(3, 3, 3))) is None
+    assert winograd.decoder_stages(nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(3, 3, 3),
+                                                 nn.Upsample(scale_factor=2))) is None
+    assert winograd.decoder_stages(nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"),
+                                                 nn.ReflectionPad2d(1), nn.Conv2d(3, 3, 3))) is None
+
+
+@pytest.mark.parametrize("band_pixels", [65536, 40])
+def test_fused_stages_equal_the_layers(band_pixels, monkeypatch):
+    """Upsampling, padding, convolution and ReLU fused in bands give the layers' result."""
+    monkeypatch.setattr(winograd, "BAND_PIXELS", band_pixels)
+    g = torch.Generator().manual_seed(4)
+    layers = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(8, 64, 3), nn.ReLU(), nn.Upsample(scale_factor=2),
+                           nn.ReflectionPad2d(1), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Upsample(scale_factor=2),
+                           nn.ReflectionPad2d(1), nn.Conv2d(64, 3, 3))
+    image = torch.randn(2, 8, 3, 5, generator=g)
+    ticks = []
+    with torch.inference_mode():
+        expected = layers(image)
+        got = winograd.run_stages(winograd.decoder_stages(layers), image, after_each=lambda: ticks.append(1))
+    assert len(ticks) == 3
+    assert got.shape == expected.shape
+    tolerance = 1e-4 * expected.abs().max() if winograd.nnpack_available() else 1e-6 * expected.abs().max()
+    assert (got - expected).abs().max() <= tolerance

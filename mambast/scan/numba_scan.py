@@ -128,6 +128,7 @@ def selective_scan_numba_orders(
     delta_softplus: bool = False,
     delta_projection: torch.Tensor | None = None,
     chunk: int = DEFAULT_CHUNK,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """K directions that scan one token sequence in K orders, summed: SS2D's four scans of a
     token grid without the column-major copy, the flips or the merge.
@@ -136,15 +137,20 @@ def selective_scan_numba_orders(
     ``orders[k, s]`` and adds its output there; delta (batch, K, L, Dk), or (batch, K, L, R)
     with ``delta_projection`` (K, Dk, R), and B, C (batch, K, L, N), all in scan order; A
     (K*Dk, N), D and delta_bias (K*Dk,). Returns (batch, L, Dk) float32: the sum over directions
-    of each one's y, in the sequence's token order.
+    of each one's y, in the sequence's token order, written into ``out`` when given (a contiguous
+    float32 tensor of that shape, overwritten; it must not overlap the inputs).
     """
     batch, length, channels = sequence.shape
     directions = orders.shape[0]
     if orders.shape != (directions, length) or B.shape[:3] != (batch, directions, length) or C.shape != B.shape:
         raise ValueError(f"selective scan (orders): orders must be (K, L={length}) and B, C (batch={batch}, K, "
                          f"L={length}, N); got {tuple(orders.shape)}, {tuple(B.shape)}, {tuple(C.shape)}")
+    if out is not None and (out.shape != (batch, length, channels) or out.dtype != torch.float32
+                            or not out.is_contiguous() or out.device.type != "cpu"):
+        raise ValueError(f"selective scan (orders): out must be a contiguous float32 CPU tensor "
+                         f"({batch}, {length}, {channels}); got {out.dtype} {tuple(out.shape)}")
     return _scan(sequence.detach().float(), orders, orders, length,
-                 _delta_in_chunks(delta, delta_bias, delta_projection), delta_softplus, A, B, C, D, chunk)
+                 _delta_in_chunks(delta, delta_bias, delta_projection), delta_softplus, A, B, C, D, chunk, out)
 
 
 def _delta_in_chunks(delta, delta_bias, delta_projection) -> Callable[[int, int], torch.Tensor]:
@@ -163,8 +169,10 @@ def _delta_in_chunks(delta, delta_bias, delta_projection) -> Callable[[int, int]
     return delta_of
 
 
-def _scan(source, read_at, write_at, output_rows, delta_of, softplus, A, B_scan, C_scan, D, chunk) -> torch.Tensor:
-    """Run the kernel over the scan steps a chunk at a time; (batch, output_rows, Dk) float32.
+def _scan(source, read_at, write_at, output_rows, delta_of, softplus, A, B_scan, C_scan, D, chunk,
+          out: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the kernel over the scan steps a chunk at a time; (batch, output_rows, Dk) float32,
+    into ``out`` (zeroed first) when given.
 
     source (batch, P, Dk); read_at, write_at (K, L): the source row each step reads and the
     output row it adds to; B_scan, C_scan (batch, K, L, N) in scan order; A (K*Dk, N);
@@ -184,7 +192,7 @@ def _scan(source, read_at, write_at, output_rows, delta_of, softplus, A, B_scan,
     rows = [index.detach().to(torch.int64).contiguous().numpy() for index in (read_at, write_at)]
     B_array, C_array, source_array = as_array(B_scan), as_array(C_scan), as_array(source)
     state = torch.zeros(batch, directions, state_size, channels).numpy()
-    output = torch.zeros(batch, output_rows, channels)
+    output = out.detach().zero_() if out is not None else torch.zeros(batch, output_rows, channels)
     output_array = output.numpy()
     threads = _threads()
     for start in range(0, length, chunk):
