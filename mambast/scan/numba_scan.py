@@ -26,7 +26,6 @@ from typing import Callable, Sequence
 import torch
 
 from ..progress import tick
-from .chunked import LowRankDelta
 from .contract import check_direction_shapes, check_scan_shapes
 
 # Tokens per kernel call: one progress tick (and chance to cancel) each, and the size of the
@@ -71,7 +70,7 @@ def selective_scan_numba(
 
     rows = torch.arange(groups * length).view(groups, length)  # group k reads and writes its own rows
     output = _scan(token_major(u).reshape(batch, groups * length, per_group), rows, rows, groups * length,
-                   _delta_in_chunks(token_major(delta), delta_bias, None), delta_softplus, A, B.transpose(2, 3),
+                   _delta_in_chunks(token_major(delta), None), delta_bias, delta_softplus, A, B.transpose(2, 3),
                    C.transpose(2, 3), D, chunk)
     return output.view(batch, groups, length, per_group).transpose(2, 3).reshape(batch, channels, length)
 
@@ -112,7 +111,7 @@ def selective_scan_numba_directions(
     B_scan = torch.stack([b.flip(1) if r else b for b, r in zip(B, reverse)], dim=1)
     C_scan = torch.stack([c.flip(1) if r else c for c, r in zip(C, reverse)], dim=1)
     output = _scan(torch.cat(distinct, dim=1), read_at, write_at, outputs * length,
-                   _delta_in_chunks(delta, delta_bias, delta_projection), delta_softplus, A, B_scan, C_scan, D, chunk)
+                   _delta_in_chunks(delta, delta_projection), delta_bias, delta_softplus, A, B_scan, C_scan, D, chunk)
     return list(output.view(batch, outputs, length, channels).unbind(1))
 
 
@@ -150,33 +149,52 @@ def selective_scan_numba_orders(
         raise ValueError(f"selective scan (orders): out must be a contiguous float32 CPU tensor "
                          f"({batch}, {length}, {channels}); got {out.dtype} {tuple(out.shape)}")
     return _scan(sequence.detach().float(), orders, orders, length,
-                 _delta_in_chunks(delta, delta_bias, delta_projection), delta_softplus, A, B, C, D, chunk, out)
+                 _delta_in_chunks(delta, delta_projection), delta_bias, delta_softplus, A, B, C, D, chunk, out)
 
 
-def _delta_in_chunks(delta, delta_bias, delta_projection) -> Callable[[int, int], torch.Tensor]:
-    """``delta_of(start, stop)``: raw delta plus bias of scan steps start..stop-1, (batch, K, T, Dk),
-    projected from its low-rank input chunk by chunk when ``delta_projection`` is given."""
-    batch, directions = delta.shape[:2]
-    channels = delta_projection.shape[1] if delta_projection is not None else delta.shape[-1]
-    bias = delta_bias.detach().float().reshape(1, directions, 1, channels) if delta_bias is not None else None
+def _delta_in_chunks(delta, delta_projection) -> Callable[[int, int], torch.Tensor]:
+    """``delta_of(start, stop)``: raw delta of scan steps start..stop-1, (batch, K, T, Dk), without
+    its bias (the kernel adds it), projected from its low-rank input chunk by chunk when
+    ``delta_projection`` is given."""
     if delta_projection is not None:
-        return LowRankDelta(delta.detach().float(), delta_projection.detach().float(), bias)
+        return _LowRankSteps(delta.detach().float(), delta_projection.detach().float())
 
     def delta_of(start: int, stop: int) -> torch.Tensor:
-        steps = delta[:, :, start:stop].detach().float()
-        return steps + bias if bias is not None else steps
+        return delta[:, :, start:stop].detach().float()
 
     return delta_of
 
 
-def _scan(source, read_at, write_at, output_rows, delta_of, softplus, A, B_scan, C_scan, D, chunk,
+class _LowRankSteps:
+    """Raw delta of a chunk from its low-rank input (batch, K, L, R) and the projection (K, Dk, R):
+    one batched product, written into the same buffer chunk after chunk (the kernel has read the
+    previous chunk by then)."""
+
+    def __init__(self, low: torch.Tensor, weight: torch.Tensor):
+        batch, directions, _, rank = low.shape
+        channels = weight.shape[1]
+        self.low = low.reshape(batch * directions, -1, rank)
+        self.weight = weight.transpose(1, 2).expand(batch, -1, -1, -1).reshape(batch * directions, rank, channels)
+        self.shape = (batch, directions)
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        steps = stop - start
+        if self.buffer is None or self.buffer.shape[1] != steps:
+            self.buffer = self.low.new_empty((self.low.shape[0], steps, self.weight.shape[2]))
+        torch.bmm(self.low[:, start:stop], self.weight, out=self.buffer)
+        return self.buffer.view(*self.shape, steps, -1)
+
+
+def _scan(source, read_at, write_at, output_rows, delta_of, delta_bias, softplus, A, B_scan, C_scan, D, chunk,
           out: torch.Tensor | None = None) -> torch.Tensor:
     """Run the kernel over the scan steps a chunk at a time; (batch, output_rows, Dk) float32,
     into ``out`` (zeroed first) when given.
 
     source (batch, P, Dk); read_at, write_at (K, L): the source row each step reads and the
     output row it adds to; B_scan, C_scan (batch, K, L, N) in scan order; A (K*Dk, N);
-    ``delta_of(start, stop)``: raw delta plus bias of steps start..stop-1, (batch, K, T, Dk).
+    ``delta_of(start, stop)``: raw delta of steps start..stop-1, (batch, K, T, Dk); delta_bias
+    (K*Dk,) or None.
     """
     kernel = _compiled_kernel()
     batch, _, channels = source.shape
@@ -185,6 +203,8 @@ def _scan(source, read_at, write_at, output_rows, delta_of, softplus, A, B_scan,
     as_array = lambda tensor: tensor.detach().float().contiguous().numpy()  # noqa: E731
     rate = as_array(A.detach().float().reshape(directions, channels, state_size).transpose(1, 2) * _LOG2_E)
     skip = as_array(D.reshape(directions, channels) if D is not None else torch.zeros(directions, channels))
+    bias = as_array(delta_bias.reshape(directions, channels) if delta_bias is not None
+                    else torch.zeros(directions, channels))
     # The kernel does not check its indices: an index out of range would read or write past the arrays.
     for name, index, limit in (("read", read_at, source.shape[1]), ("write", write_at, output_rows)):
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= limit):
@@ -201,7 +221,7 @@ def _scan(source, read_at, write_at, output_rows, delta_of, softplus, A, B_scan,
         steps = as_array(delta_of(start, stop))
         with _launch_lock:
             _set_threads(threads)
-            kernel(source_array, *rows, steps, softplus, rate, B_array, C_array, skip, state, output_array,
+            kernel(source_array, *rows, steps, bias, softplus, rate, B_array, C_array, skip, state, output_array,
                    start, stop)
     return output
 
