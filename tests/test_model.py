@@ -188,6 +188,35 @@ def test_spare_memory_is_lent_only_at_inference_and_only_when_it_fits():
     assert _spare_memory(spent, (2, 3, 4), torch.float32) is None  # autograd may need it
 
 
+def test_workspace_lends_the_same_memory_block_after_block_and_only_where_it_pays():
+    from mambast.blocks import Workspace
+
+    like = torch.zeros(1)
+    workspace = Workspace()
+    with torch.inference_mode():
+        first = workspace.take("x", (4, 4, 2**20), like)  # 64 MiB of float32
+        again = workspace.take("x", (4, 4, 2**20), like)
+        other = workspace.take("gate", (4, 4, 2**20), like)
+        assert first.shape == (4, 4, 2**20) and first.data_ptr() == again.data_ptr() != other.data_ptr()
+        assert workspace.take("x", (2, 4, 2**20), like).data_ptr() == first.data_ptr()  # a smaller grid fits
+        assert workspace.take("small", (1, 2**20), like) is None  # 4 MiB: the allocator reuses memory itself
+    assert Workspace().take("x", (2, 4, 2**20), like) is None  # autograd may keep results alive
+
+
+def test_stacks_writing_into_a_workspace_give_the_same_image(small_model, monkeypatch):
+    from mambast.blocks import Workspace
+
+    content, style = images(1, 40, 48), images(1, 32, 32, seed=1)
+    with torch.inference_mode():
+        fresh = small_model.stylize(content, style, seed=2)
+        monkeypatch.setattr(Workspace, "MIN_BYTES", 0)  # every in_proj result into the workspace
+        lent = []
+        original = Workspace.take
+        monkeypatch.setattr(Workspace, "take", lambda self, *a: lent.append(1) or original(self, *a))
+        reused = small_model.stylize(content, style, seed=2)
+    assert lent and torch.allclose(reused, fresh, atol=1e-5, rtol=1e-5)
+
+
 def test_inference_reuses_buffers_and_matches_the_autograd_path(small_model):
     """In-place reuse of temporaries (no autograd) gives the image the differentiable path gives."""
     g = torch.Generator().manual_seed(3)
