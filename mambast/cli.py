@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint import DTYPES, PICKLE_SUFFIXES, CheckpointError, convert_to_safetensors, missing_weights_message
 from .imaging import IMAGE_SUFFIXES, ImageFileError, read_image, resize_shorter_side, write_image
+from .precision import automatic_dtype
 from .scan import CHOICES as SCAN_CHOICES
 from .shuffle import new_seed
 
@@ -200,8 +201,9 @@ def run_stylize(args: argparse.Namespace) -> int:
     ranks = torchrun_ranks_or_exit()
     pairs = pairs_of_rank(contents, styles, ranks)
     try:
-        model = load(find_checkpoint(args.checkpoint), device=rank_device(args.device, ranks), dtype=args.dtype,
-                     scan=args.scan)
+        device = rank_device(args.device, ranks)
+        dtype = automatic_dtype(device) if args.dtype == "auto" else args.dtype
+        model = load(find_checkpoint(args.checkpoint), device=device, dtype=dtype, scan=args.scan)
     except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     seed = None if args.no_shuffle else (args.seed if args.seed is not None else new_seed())
@@ -412,8 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("--seed", type=int, help="seed of the style shuffle (default: a fresh one, printed)")
     stylize.add_argument("--no-shuffle", action="store_true", help="do not shuffle the style tokens")
     stylize.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
-    stylize.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                         help="dtype of the dense layers; the scan stays float32")
+    stylize.add_argument("--dtype", choices=["auto", *DTYPES], default="float32",
+                         help="dtype of the dense layers; the scan stays float32. auto: bfloat16 on a CPU with "
+                              "native bfloat16 where it measures faster, float32 elsewhere")
     stylize.add_argument("--tile", type=int, default=0,
                          help="stylize in overlapping tiles of this many pixels (multiple of 8; 0 = off), "
                               "for large images or little memory; halved automatically on out-of-memory")

@@ -83,8 +83,9 @@ class MambaSTLoader(io.ComfyNode):
                                        "in a sub-folder (e.g. models/mambast/official/)."),
                 io.Combo.Input("dtype", options=list(stages.DTYPE_CHOICES), default="auto",
                                tooltip="Precision of the dense layers; the selective scan always runs in float32. "
-                                       "auto: float32 (half precision changes the picture and was not faster "
-                                       "for single images); float16 or bfloat16 save memory."),
+                                       "auto: float32, or bfloat16 on a CPU with native bfloat16 (AVX512-BF16, AMX) "
+                                       "where it measures faster; half precision changes the picture. float16 or "
+                                       "bfloat16 save memory."),
                 io.Combo.Input("scan", options=list(stages.SCAN_CHOICES), default="auto",
                                tooltip="Selective-scan backend. auto: on a GPU the mamba_ssm kernel when installed, "
                                        "else our Triton kernel; on the CPU our Numba kernel when Numba is installed "

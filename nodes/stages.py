@@ -21,6 +21,7 @@ from ..mambast.imaging import check_image
 from ..mambast.masking import shows_nothing
 from ..mambast.model import ContentEncoding, StyleEncoding, batch_item
 from ..mambast.pipeline import COLOUR_MODES, Controls, batch_ticks, finish, stylize_images, working_size
+from ..mambast.precision import automatic_dtype
 from ..mambast.progress import ProgressTracker, progress_callback
 from ..mambast.resources import activation_bytes, decode_ticks, encode_ticks, fuse_ticks, tile_to_fit
 from ..mambast.scan import CHOICES as SCAN_BACKEND_CHOICES
@@ -89,11 +90,15 @@ def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
         raise ValueError(f"{name}: {value!r} is not one of {', '.join(choices)}.")
 
 
-def dense_dtype(choice: str) -> torch.dtype:
-    """The dense layers' dtype for a loader choice. ``auto`` is float32 on every device: half
-    precision changed the picture visibly (bfloat16: up to 0.08 max abs at 512 px) and was not
-    faster for single images in the measurements in the README; the halves stay a choice."""
-    return torch.float32 if choice == "auto" else DTYPES[choice]
+def dense_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
+    """The dense layers' dtype for a loader choice. ``auto`` is float32 on GPUs (half precision
+    changed the picture visibly, bfloat16 up to 0.08 max abs at 512 px, and was not faster for
+    single images in the README's measurements) and on CPUs, except on a CPU with native
+    bfloat16 where bfloat16 measured faster (:func:`mambast.precision.automatic_dtype`); the
+    halves stay a choice."""
+    if choice != "auto":
+        return DTYPES[choice]
+    return automatic_dtype(device if device is not None else host.load_device())
 
 
 def load_model(checkpoint: str, dtype: str = "auto", scan: str = "auto") -> LoadedModel:
@@ -101,7 +106,7 @@ def load_model(checkpoint: str, dtype: str = "auto", scan: str = "auto") -> Load
     _check_choice(dtype, DTYPE_CHOICES, "dtype")
     _check_choice(scan, SCAN_CHOICES, "scan backend")
     path = host.resolve_checkpoint(checkpoint)
-    model = load(path, device=host.offload_device(), dtype=dense_dtype(dtype), scan=scan)
+    model = load(path, device=host.offload_device(), dtype=dense_dtype(dtype, host.load_device()), scan=scan)
     return LoadedModel(host.wrap_model(model), checkpoint, model)
 
 

@@ -25,6 +25,9 @@ from mambast.random_weights import SMALL_CONFIG, random_official_tensors, write_
 PARITY = ROOT.parent / "shared" / "fixtures" / "parity_small"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# "auto" precision is float32 in the tests whatever the CPU (tests/test_precision.py unsets this to
+# test the choice itself): a machine with native bfloat16 would otherwise measure and may switch.
+os.environ["MAMBAST_AUTO_DTYPE"] = "float32"
 
 
 @pytest.fixture(scope="session")
