@@ -24,6 +24,35 @@ def run_isolated(script: Path, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+class Worker:
+    """``script`` with ``args`` in a fresh interpreter that answers commands: each line written to
+    it gets one JSON line back. Several workers called in turn share the machine's slow and fast
+    minutes, so that the ratio of their timings is not the noise of when each ran."""
+
+    def __init__(self, script: Path, *args: str):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.process = subprocess.Popen([sys.executable, str(script), *args], env=env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def call(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.process.args} ended: exit status {self.process.wait()}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve(commands: dict[str, Callable[[], dict]]) -> None:
+    """The worker's side of :class:`Worker`: run the named command for each line of standard input."""
+    for line in sys.stdin:
+        print(json.dumps(commands[line.strip()]()), flush=True)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

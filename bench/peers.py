@@ -14,19 +14,20 @@ image, three decoder layers (two attentions from the content to the style each, 
 feed-forward), a final layer norm, and the same CNN decoder as AdaIN's. Every model gets random
 weights of their released shapes (only the time and memory are compared),
 float32, batch 1. Each model and size runs in a fresh process: a warm-up call, then the median of
---repeats calls, and the process's peak resident memory above what it held before the calls.
+--repeats calls, and the process's peak resident memory above what it held before the calls. The
+models of one size take turns call by call (ours, EFDM, StyTr2, ours, ...), each in its own
+process, so that a slow minute of the machine weighs on every model alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import median, run_isolated, timed_runs  # noqa: E402
+from _measure import Worker, median, peak_mib, reset_peak, resident_mib, serve  # noqa: E402
 from stylize import bench_inputs, build_model  # noqa: E402
 
 # AdaIN's decoder: (input channels, output channels) of each 3x3 convolution, "up" for a 2x upsampling.
@@ -121,36 +122,69 @@ def stytr2_network():
     return run
 
 
-def measure(variant: str, size: int, repeats: int, threads: int) -> dict:
+def prepare(variant: str, size: int, threads: int):
+    """(run, scan): one stylization of a ``size`` px square by ``variant``, and our scan backend."""
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     content, style = bench_inputs(size, size)
-    scan = None
     if variant == "ours":
         model = build_model(None)  # the automatic scan backend, as shipped
-        scan = model.scan_backend
-
-        def run():
-            model.stylize(content, style, seed=0)
-    elif variant == "stytr2":
+        return (lambda: model.stylize(content, style, seed=0)), model.scan_backend
+    if variant == "stytr2":
         network = stytr2_network()
+        return (lambda: network(content, style)), None
+    encoder, decoder = efdm_network()
 
-        def run():
-            network(content, style)
-    else:
-        encoder, decoder = efdm_network()
+    def run():
+        resized = F.interpolate(style, size=content.shape[-2:], mode="bilinear", align_corners=False)
+        decoder(exact_feature_distribution_matching(encoder(content), encoder(resized)))
 
-        def run():
-            resized = F.interpolate(style, size=content.shape[-2:], mode="bilinear", align_corners=False)
-            decoder(exact_feature_distribution_matching(encoder(content), encoder(resized)))
+    return run, None
 
-    with torch.inference_mode():
-        run()  # warm-up
-    result = timed_runs(run, repeats)
-    return {"variant": variant, "scan": scan, "size": size, "seconds": median(result["seconds"]), "runs": result["seconds"],
-            "peak_mib": result["peak_mib"], "peak_total_mib": result["peak_total_mib"]}
+
+def work(variant: str, size: int, threads: int) -> None:
+    """Serve ``warm``, ``run`` (one timed call) and ``done`` (peak memory) for the parent process."""
+    import time
+
+    import torch
+
+    run, scan = prepare(variant, size, threads)
+    baseline = {}
+
+    def warm() -> dict:
+        with torch.inference_mode():
+            run()
+        baseline["mib"] = resident_mib()
+        reset_peak()
+        return {"scan": scan}
+
+    def timed() -> dict:
+        with torch.inference_mode():
+            started = time.perf_counter()
+            run()
+            return {"seconds": time.perf_counter() - started}
+
+    serve({"warm": warm, "run": timed,
+           "done": lambda: {"peak_mib": peak_mib() - baseline["mib"], "peak_total_mib": peak_mib()}})
+
+
+def measure_in_turns(variants: list[str], size: int, repeats: int, threads: int) -> dict:
+    """Each variant in its own fresh process, warmed up, then called in turns ``repeats`` times."""
+    workers = {v: Worker(Path(__file__), "--worker", v, "--size", str(size), "--threads", str(threads))
+               for v in variants}
+    try:
+        rows = {v: {"variant": v, "size": size, "runs": [], **worker.call("warm")} for v, worker in workers.items()}
+        for _ in range(repeats):
+            for variant, worker in workers.items():
+                rows[variant]["runs"].append(worker.call("run")["seconds"])
+        for variant, worker in workers.items():
+            rows[variant].update(worker.call("done"), seconds=median(rows[variant]["runs"]))
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return rows
 
 
 def main() -> None:
@@ -164,16 +198,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(measure(args.worker, args.size, args.repeats, args.threads)))
+        work(args.worker, args.size, args.threads)
         return
-    print(f"stylize one square image, random weights, float32, batch 1, {args.threads} threads, fresh process per "
-          f"row, median of {args.repeats} after a warm-up")
+    print(f"stylize one square image, random weights, float32, batch 1, {args.threads} threads, a fresh process per "
+          f"model and size, median of {args.repeats} calls in turns after a warm-up")
     stytr2_sizes = {int(s) for s in args.stytr2_sizes.split(",") if s}
     for size in (int(s) for s in args.sizes.split(",")):
-        rows = {}
-        for variant in ("ours", "efdm") + (("stytr2",) if size in stytr2_sizes else ()):
-            rows[variant] = run_isolated(Path(__file__), "--worker", variant, "--size", str(size), "--repeats",
-                                         str(args.repeats), "--threads", str(args.threads))
+        variants = ["ours", "efdm"] + (["stytr2"] if size in stytr2_sizes else [])
+        rows = measure_in_turns(variants, size, args.repeats, args.threads)
+        for variant in variants:
             row = rows[variant]
             label = f"{variant} ({row['scan']} scan)" if row.get("scan") else variant
             print(f"  {size:>5} px  {label:<20} {row['seconds']:7.2f} s   peak +{row['peak_mib']:6.0f} MiB "

@@ -22,7 +22,8 @@ The decoder is a chain of ``[2x nearest upsampling] reflection padding, 3x3 conv
 stages (:func:`decoder_stages`). Each band's padded input is gathered straight from the stage's
 unpadded, not yet upsampled input (:func:`band_input`), and the ReLU runs on the band while it
 is in cache: the upsampled and padded full-size images are never made (at 1024 px the
-upsampling, padding and band copies of the last two stages took 0.52 s, the gathers 0.11 s).
+upsampling, padding and band copies in front of the first full-resolution convolution took 0.51 s,
+its gathers 0.11 s).
 
 Used for float32 CPU tensors when NNPACK is available; anything else, or an NNPACK failure,
 takes ``F.conv2d``.
