@@ -6,6 +6,8 @@ that their state dicts load as they are.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,9 +39,7 @@ def _spare_memory(spent: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtyp
     memory the process already holds, when nothing records gradients and ``spent`` (a temporary
     the caller no longer reads) is a contiguous CPU tensor of ``dtype`` and large enough; else None.
     """
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     if (not _reusable() or spent.device.type != "cpu" or spent.dtype != dtype or not spent.is_contiguous()
             or spent.numel() < count):
         return None
@@ -65,9 +65,7 @@ class Workspace:
 
     def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
         """A contiguous (``shape``) tensor of ``like``'s dtype for the result called ``name``, or None."""
-        count = 1
-        for size in shape:
-            count *= size
+        count = math.prod(shape)
         if not _reusable() or like.device.type != "cpu" or count * like.element_size() < self.MIN_BYTES:
             return None
         buffer = self._buffers.get(name)

@@ -78,21 +78,13 @@ def _convolve(layer: nn.Conv2d, image: torch.Tensor) -> torch.Tensor:
     return _ordinary(layer, image)
 
 
-def conv3x3(layer: nn.Conv2d, image: torch.Tensor) -> torch.Tensor:
-    """``layer(image)``, through NNPACK when it applies (NCHW out then, else the layer's own)."""
-    if _winograd_applies(layer, image):
-        return _stage(Stage(layer, 1, relu=False, padded=False), image.contiguous())
-    return _ordinary(layer, image)
-
-
 @dataclass(frozen=True)
 class Stage:
-    """``[nearest upsampling by scale] [reflection padding of 1] conv (3x3, valid) [ReLU]``."""
+    """``[nearest upsampling by scale] reflection padding of 1, conv (3x3, valid) [ReLU]``."""
 
     conv: nn.Conv2d
     scale: int = 1
     relu: bool = False
-    padded: bool = True
 
 
 def decoder_stages(layers: nn.Sequential) -> list[Stage] | None:
@@ -125,34 +117,29 @@ def _integer_scale(layer: nn.Upsample) -> int:
     return int(factor) if float(factor).is_integer() and factor >= 1 else 0
 
 
-def _source_indices(length: int, scale: int, padded: bool, device: torch.device) -> torch.Tensor:
-    """For each position of the upsampled (and reflection-padded) axis, its index in the input axis."""
+def _source_indices(length: int, scale: int, device: torch.device) -> torch.Tensor:
+    """For each position of the upsampled, reflection-padded axis, its index in the input axis."""
     upsampled = length * scale
-    if not padded:
-        return torch.arange(upsampled, device=device) // scale
     positions = torch.arange(-1, upsampled + 1, device=device).abs()
     positions = torch.where(positions >= upsampled, 2 * (upsampled - 1) - positions, positions)
     return positions // scale
 
 
-def band_input(image: torch.Tensor, rows: torch.Tensor, scale: int, padded: bool) -> torch.Tensor:
+def band_input(image: torch.Tensor, rows: torch.Tensor, scale: int) -> torch.Tensor:
     """Rows ``rows`` (input-row indices, from :func:`_source_indices`) of
-    ``reflection_pad(upsample(image, scale), 1)`` (no padding unless ``padded``), made
-    contiguous NCHW without building the whole upsampled or padded image."""
+    ``reflection_pad(upsample(image, scale), 1)``, contiguous NCHW, without building the whole
+    upsampled or padded image."""
     batch, channels, _, width = image.shape
     picked = image.index_select(2, rows)
-    if scale == 1 and not padded:
-        return picked.contiguous()
     wide = width * scale
-    band = image.new_empty((batch, channels, rows.numel(), wide + 2 * padded))
-    inner = band[..., padded: padded + wide]
+    band = image.new_empty((batch, channels, rows.numel(), wide + 2))
+    inner = band[..., 1: wide + 1]
     if scale == 1:
         inner.copy_(picked)
     else:
         inner.unflatten(-1, (width, scale)).copy_(picked.unsqueeze(-1).expand(-1, -1, -1, -1, scale))
-    if padded:
-        band[..., 0].copy_(band[..., 2])
-        band[..., wide + 1].copy_(band[..., wide - 1])
+    band[..., 0].copy_(band[..., 2])
+    band[..., wide + 1].copy_(band[..., wide - 1])
     return band
 
 
@@ -160,21 +147,20 @@ def _stage(stage: Stage, image: torch.Tensor) -> torch.Tensor:
     """One stage on NCHW ``image``, in bands of output rows (a Cancel check between bands)."""
     layer = stage.conv
     batch, _, height, width = image.shape
-    out_height = height * stage.scale - (0 if stage.padded else 2)
-    out_width = width * stage.scale - (0 if stage.padded else 2)
-    if stage.padded and min(height, width) * stage.scale < 2:
+    out_height, out_width = height * stage.scale, width * stage.scale
+    if min(out_height, out_width) < 2:
         # reflection padding needs two pixels a side: let PyTorch say so in its own words
         F.pad(image, (1, 1, 1, 1), mode="reflect")
-    rows_of = _source_indices(height, stage.scale, stage.padded, image.device)
+    rows_of = _source_indices(height, stage.scale, image.device)
     pixels = min(BAND_PIXELS, BAND_MACS // max(1, layer.weight[0].numel() * layer.out_channels * batch))
     rows = max(1, pixels // max(1, out_width))
     if out_height <= rows:
-        return _finish(stage, _convolve(layer, band_input(image, rows_of, stage.scale, stage.padded)))
+        return _finish(stage, _convolve(layer, band_input(image, rows_of, stage.scale)))
     out = image.new_empty((batch, layer.out_channels, out_height, out_width))
     for top in range(0, out_height, rows):
         cancel_point()
         bottom = min(top + rows, out_height)
-        band = band_input(image, rows_of[top: bottom + 2], stage.scale, stage.padded)
+        band = band_input(image, rows_of[top: bottom + 2], stage.scale)
         out[:, :, top:bottom] = _finish(stage, _convolve(layer, band))
     return out
 

@@ -10,15 +10,19 @@ from torch import nn
 from mambast import winograd
 
 
-@pytest.mark.parametrize("band_pixels, calls_expected", [(65536, 1), (64, 10)])
-def test_winograd_convolution_equals_the_ordinary_one(band_pixels, calls_expected, monkeypatch):
+def padded_convolution(layer: nn.Conv2d, image: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(F.pad(image, (1, 1, 1, 1), mode="reflect"), layer.weight, layer.bias)
+
+
+@pytest.mark.parametrize("band_pixels, calls_expected", [(65536, 1), (64, 11)])
+def test_winograd_stage_equals_the_ordinary_convolution(band_pixels, calls_expected, monkeypatch):
     if not winograd.nnpack_available():
         pytest.skip("this PyTorch build has no NNPACK")
-    monkeypatch.setattr(winograd, "BAND_PIXELS", band_pixels)  # 64 px: bands of 2 of the 19 rows
+    monkeypatch.setattr(winograd, "BAND_PIXELS", band_pixels)  # 64 px: bands of 2 of the 21 rows
     g = torch.Generator().manual_seed(0)
     layer = nn.Conv2d(16, 64, 3)
-    image = torch.randn(2, 16, 21, 34, generator=g)
-    expected = F.conv2d(image, layer.weight, layer.bias)
+    image = torch.randn(2, 16, 21, 32, generator=g)
+    expected = padded_convolution(layer, image)
     calls = []
     original = torch._nnpack_spatial_convolution
 
@@ -29,7 +33,7 @@ def test_winograd_convolution_equals_the_ordinary_one(band_pixels, calls_expecte
     with torch.inference_mode():
         torch._nnpack_spatial_convolution = counted
         try:
-            got = winograd.conv3x3(layer, image.contiguous(memory_format=torch.channels_last))
+            got = winograd.run_stages([winograd.Stage(layer)], image.contiguous(memory_format=torch.channels_last))
         finally:
             torch._nnpack_spatial_convolution = original
     assert len(calls) == calls_expected
@@ -45,7 +49,7 @@ def test_other_convolutions_take_the_ordinary_path(layer, dtype, monkeypatch):
     monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: pytest.fail("NNPACK used"))
     layer = layer.to(dtype)
     image = torch.randn(1, 4, 12, 12, dtype=dtype)
-    assert torch.equal(winograd.conv3x3(layer, image), layer(image))
+    assert torch.equal(winograd._convolve(layer, image), layer(image))
 
 
 def test_an_nnpack_failure_falls_back(monkeypatch):
@@ -56,7 +60,7 @@ def test_an_nnpack_failure_falls_back(monkeypatch):
     monkeypatch.setattr(winograd, "nnpack_available", lambda: True)
     layer = nn.Conv2d(4, 64, 3)
     image = torch.randn(1, 4, 12, 12)
-    assert torch.equal(winograd.conv3x3(layer, image), layer(image))
+    assert torch.equal(winograd._convolve(layer, image), layer(image))
 
 
 def test_decoder_with_winograd_matches_the_ordinary_decoder(small_model, monkeypatch):
@@ -74,14 +78,14 @@ def test_heavy_convolutions_go_in_bands_of_bounded_work_with_cancel_checks_betwe
     from mambast.progress import progress_callback
 
     layer = nn.Conv2d(16, 64, 3)
-    image = torch.randn(1, 16, 21, 34, generator=torch.Generator().manual_seed(2))
+    image = torch.randn(1, 16, 19, 32, generator=torch.Generator().manual_seed(2))
     # 16 * 9 * 64 multiply-accumulates per output pixel; a cap of 3 rows of 32 pixels: 7 bands of the 19 rows.
     monkeypatch.setattr(winograd, "BAND_MACS", 3 * 32 * 16 * 9 * 64)
     checks = []
     with torch.inference_mode(), progress_callback(None, None, lambda: checks.append(1)):
-        got = winograd.conv3x3(layer, image)
+        got = winograd.run_stages([winograd.Stage(layer)], image)
     assert len(checks) == 7
-    expected = F.conv2d(image, layer.weight, layer.bias)
+    expected = padded_convolution(layer, image)
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
@@ -93,14 +97,14 @@ def test_band_inputs_are_rows_of_the_upsampled_padded_image(scale, height, width
     if min(upsampled.shape[2:]) < 2:
         return  # reflection padding needs two pixels a side
     padded = F.pad(upsampled, (1, 1, 1, 1), mode="reflect")
-    rows_of = winograd._source_indices(height, scale, True, image.device)
+    rows_of = winograd._source_indices(height, scale, image.device)
     assert rows_of.numel() == padded.shape[2]
     for top, bottom in [(0, padded.shape[2]), (0, 2), (1, padded.shape[2]), (padded.shape[2] - 2, padded.shape[2])]:
-        band = winograd.band_input(image, rows_of[top:bottom], scale, padded=True)
+        band = winograd.band_input(image, rows_of[top:bottom], scale)
         assert band.is_contiguous()
         assert torch.equal(band, padded[:, :, top:bottom])
     channels_last = image.contiguous(memory_format=torch.channels_last)
-    assert torch.equal(winograd.band_input(channels_last, rows_of, scale, padded=True), padded)
+    assert torch.equal(winograd.band_input(channels_last, rows_of, scale), padded)
 
 
 def test_the_release_decoder_is_read_as_fused_stages():

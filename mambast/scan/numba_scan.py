@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..progress import tick
+from .chunked import LowRankDelta
 from .contract import check_direction_shapes, check_scan_shapes
 
 # Tokens per kernel call: one progress tick (and chance to cancel) each, and the size of the
@@ -165,17 +166,12 @@ def _delta_in_chunks(delta, delta_projection) -> Callable[[int, int], torch.Tens
     return delta_of
 
 
-class _LowRankSteps:
-    """Raw delta of a chunk from its low-rank input (batch, K, L, R) and the projection (K, Dk, R):
-    one batched product, written into the same buffer chunk after chunk (the kernel has read the
-    previous chunk by then)."""
+class _LowRankSteps(LowRankDelta):
+    """:class:`LowRankDelta` without the bias (the kernel adds it), written into one buffer chunk
+    after chunk (the kernel has read the previous chunk by then): no fresh memory per chunk."""
 
     def __init__(self, low: torch.Tensor, weight: torch.Tensor):
-        batch, directions, _, rank = low.shape
-        channels = weight.shape[1]
-        self.low = low.reshape(batch * directions, -1, rank)
-        self.weight = weight.transpose(1, 2).expand(batch, -1, -1, -1).reshape(batch * directions, rank, channels)
-        self.shape = (batch, directions)
+        super().__init__(low, weight, None)
         self.buffer: torch.Tensor | None = None
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
