@@ -47,8 +47,9 @@ def _probe_model(dtype: torch.dtype):
     from .config import MambaSTConfig
     from .model import MambaST
 
-    torch.manual_seed(0)
-    model = MambaST(MambaSTConfig(encoder_layers=1, decoder_layers=1)).eval().requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):  # the host's random numbers stay as they were
+        torch.manual_seed(0)
+        model = MambaST(MambaSTConfig(encoder_layers=1, decoder_layers=1)).eval().requires_grad_(False)
     for name, parameter in model.named_parameters():
         if name.endswith("A_logs"):
             parameter.copy_(torch.log(torch.arange(1, parameter.shape[1] + 1, dtype=torch.float32)).expand_as(parameter))
