@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .config import MambaSTConfig
 from .progress import cancel_point, tick
 from .scan import resolve_backend, runnable_backend, selective_scan
@@ -222,9 +223,14 @@ class SS2D(nn.Module):
         else:
             y = self._scan_stacked(x, style_inner)
         if _reusable():  # the in_proj output and the norm's output are temporaries: reuse them
-            normed = self.out_norm(y.to(gate.dtype)).mul_(F.silu(gate, inplace=True))
-            # the scan output is spent once normalised: the projection goes into its memory
-            spent = _spare_memory(y, (*normed.shape[:-1], self.out_proj.out_features), normed.dtype)
+            normed = fused.norm_times_silu_(y, gate, self.out_norm) if backend == "numba" else None
+            if normed is None:
+                normed = self.out_norm(y.to(gate.dtype)).mul_(F.silu(gate, inplace=True))
+            # The scan output is spent once normalised: a large projection goes into its memory
+            # (fresh pages cost more than the matrix product's lag behind oneDNN's 1x1 convolution).
+            shape = (*normed.shape[:-1], self.out_proj.out_features)
+            large = math.prod(shape) * normed.element_size() >= Workspace.MIN_BYTES
+            spent = _spare_memory(y, shape, normed.dtype) if large else None
             return grid_linear(normed, self.out_proj.weight, out=spent)
         return grid_linear(self.out_norm(y.to(gate.dtype)) * F.silu(gate), self.out_proj.weight)
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import gather_band
 from .progress import cancel_point
 
 BAND_PIXELS = 32768
@@ -129,6 +130,9 @@ def band_input(image: torch.Tensor, rows: torch.Tensor, scale: int) -> torch.Ten
     """Rows ``rows`` (input-row indices, from :func:`_source_indices`) of
     ``reflection_pad(upsample(image, scale), 1)``, contiguous NCHW, without building the whole
     upsampled or padded image."""
+    fused = gather_band(image, rows, scale)
+    if fused is not None:
+        return fused
     batch, channels, _, width = image.shape
     picked = image.index_select(2, rows)
     wide = width * scale
@@ -161,7 +165,11 @@ def _stage(stage: Stage, image: torch.Tensor) -> torch.Tensor:
         cancel_point()
         bottom = min(top + rows, out_height)
         band = band_input(image, rows_of[top: bottom + 2], stage.scale)
-        out[:, :, top:bottom] = _finish(stage, _convolve(layer, band))
+        convolved = _convolve(layer, band)
+        if stage.relu:  # ReLU and the copy into place in one pass
+            torch.clamp_min(convolved, 0, out=out[:, :, top:bottom])
+        else:
+            out[:, :, top:bottom] = convolved
     return out
 
 

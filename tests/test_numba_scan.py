@@ -112,7 +112,9 @@ def test_kernel_exponential_and_softplus_are_accurate():
     """The kernel's own 2**x and softplus (vectorisable polynomials) against PyTorch's."""
     from mambast.scan.numba_kernel import exp2_nonpositive, softplus
 
-    xs = torch.cat([-torch.logspace(-8, 2.09, 400), torch.tensor([0.0, -0.5, -1.0, -125.9])])
+    # a fine sweep of several whole exponents covers the polynomial's interval [-0.5, 0.5] densely
+    xs = torch.cat([-torch.logspace(-8, 2.09, 400), torch.linspace(-3.0, 0.0, 3001),
+                    torch.tensor([0.0, -0.5, -1.0, -1.5, -125.9])])
     got = torch.tensor([exp2_nonpositive(float(x)) for x in xs])
     assert ((got - torch.exp2(xs)).abs() / torch.exp2(xs)).max() <= 3e-7
     zs = torch.cat([torch.linspace(-30, 30, 601), torch.tensor([1e-6, -1e-6, 25.0, 80.0])])

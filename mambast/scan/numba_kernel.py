@@ -23,13 +23,15 @@ CHANNEL_BLOCK = 64
 # on one core).
 PREFETCH_DISTANCE = 4
 
-_ZERO, _HALF, _ONE, _TWO = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(2.0)
+_ZERO, _ONE, _TWO = np.float32(0.0), np.float32(1.0), np.float32(2.0)
 _LOWEST_EXPONENT, _LOG2_E = np.float32(-126.0), np.float32(1.4426950408889634)
 # 2 atanh(t) = 2t (1 + t^2/3 + t^4/5 + ...)
 _S3, _S5, _S7, _S9, _S11, _S13 = (np.float32(1.0 / n) for n in (3, 5, 7, 9, 11, 13))
-# Cephes' exp2f polynomial on [-0.5, 0.5]: relative error below 2e-7.
-_C5, _C4, _C3 = np.float32(1.535336188319500e-4), np.float32(1.339887440266574e-3), np.float32(9.618437357674640e-3)
-_C2, _C1, _C0 = np.float32(5.550332471162809e-2), np.float32(2.402264791363012e-1), np.float32(6.931472028550421e-1)
+# 2**x = 1 + x (c0 + c1 x + ... + c4 x^4) on [-0.5, 0.5], fitted for the least largest relative
+# error (Lawson's iteration): 9.1e-8 exactly, below 2e-7 in float32. One term fewer than Cephes'
+# exp2f (degree 6): the kernel ran 10-20% faster, and its outputs moved by about 3e-7 of their size.
+_C4, _C3, _C2 = np.float32(1.326472720708176e-03), np.float32(9.671512706923843e-03), np.float32(5.550733743854425e-02)
+_C1, _C0 = np.float32(2.402224208432727e-01), np.float32(6.931469775984559e-01)
 
 
 def _njit(**options):
@@ -81,11 +83,12 @@ def _prefetch(typing_context, array, row, column):
 def exp2_nonpositive(x):
     """2**x for x <= 0 (delta * A always is): 2**round(x) from its exponent bits times a
     polynomial of the rest. Below 2**-126 (a transition that has forgotten its state) it gives
-    2**-126 instead of a smaller or zero factor."""
+    2**-126 instead of a smaller or zero factor. ``rint`` is one instruction (``floor(x + 0.5)``
+    was two)."""
     x = max(x, _LOWEST_EXPONENT)
-    whole = np.floor(x + _HALF)
+    whole = np.rint(x)
     part = x - whole
-    poly = ((((_C5 * part + _C4) * part + _C3) * part + _C2) * part + _C1) * part + _C0
+    poly = (((_C4 * part + _C3) * part + _C2) * part + _C1) * part + _C0
     return (poly * part + _ONE) * _float_from_bits((np.int32(whole) + np.int32(127)) << 23)
 
 

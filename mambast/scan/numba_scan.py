@@ -210,28 +210,24 @@ def _scan(source, read_at, write_at, output_rows, delta_of, delta_bias, softplus
     state = torch.zeros(batch, directions, state_size, channels).numpy()
     output = out.detach().zero_() if out is not None else torch.zeros(batch, output_rows, channels)
     output_array = output.numpy()
-    threads = _threads()
     for start in range(0, length, chunk):
         tick()
         stop = min(start + chunk, length)
         steps = as_array(delta_of(start, stop))
-        with _launch_lock:
-            _set_threads(threads)
-            kernel(source_array, *rows, steps, bias, softplus, rate, B_array, C_array, skip, state, output_array,
-                   start, stop)
+        launch(kernel, source_array, *rows, steps, bias, softplus, rate, B_array, C_array, skip, state, output_array,
+               start, stop)
     return output
 
 
-def _threads() -> int:
+def launch(kernel: Callable, *arguments) -> None:
+    """Call a parallel Numba kernel on PyTorch's thread count, one launch at a time in the process
+    (some of Numba's threading layers abort when two threads launch parallel kernels at once)."""
     import numba
 
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-
-
-def _set_threads(threads: int) -> None:
-    import numba
-
-    numba.set_num_threads(threads)
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    with _launch_lock:
+        numba.set_num_threads(threads)
+        kernel(*arguments)
 
 
 def _compiled_kernel():

@@ -1,0 +1,112 @@
+"""The passes fused by Numba equal the PyTorch operations they stand in for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mambast import fused, winograd
+from mambast.scan import numba_available
+
+needs_numba = pytest.mark.skipif(not numba_available(), reason="Numba is not installed here")
+
+
+def random_norm(channels: int, generator: torch.Generator) -> nn.LayerNorm:
+    norm = nn.LayerNorm(channels, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(channels, generator=generator))
+        norm.bias.copy_(torch.randn(channels, generator=generator))
+    return norm
+
+
+@needs_numba
+@pytest.mark.parametrize("shape", [(2, 5, 7, 64), (1, 3, 3, 1000), (4, 1)])
+def test_gated_norm_equals_norm_times_silu(shape):
+    g = torch.Generator().manual_seed(0)
+    norm = random_norm(shape[-1], g)
+    y = torch.randn(shape, generator=g) * 3 + 5  # an offset and a scale for the statistics to remove
+    gate = torch.randn(shape, generator=g) * 8
+    gate.view(-1)[:4] = torch.tensor([0.0, -100.0, 100.0, -1e-3])
+    with torch.inference_mode():
+        expected = norm(y) * F.silu(gate)
+        got = fused.norm_times_silu_(y, gate, norm)
+    assert got is gate  # written into the gate's memory
+    assert (got - expected).abs().max() <= 2e-5 * expected.abs().max()
+
+
+def test_gated_norm_declines_what_it_does_not_cover(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    norm = random_norm(16, g)
+    y, gate = torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g)
+    assert fused.norm_times_silu_(y, gate, norm) is None  # autograd records the norm's parameters
+    with torch.inference_mode():
+        assert fused.norm_times_silu_(y.bfloat16(), gate.bfloat16(), norm) is None
+        assert fused.norm_times_silu_(y, gate[:, :8], norm) is None
+        assert fused.norm_times_silu_(y.t().contiguous().t(), gate, norm) is None
+        monkeypatch.setattr(fused, "numba_available", lambda: False)
+        untouched = gate.clone()
+        assert fused.norm_times_silu_(y, gate, norm) is None
+        assert torch.equal(gate, untouched)
+
+
+@needs_numba
+@pytest.mark.parametrize("scale", [1, 2, 3])
+@pytest.mark.parametrize("height, width", [(2, 2), (5, 7), (8, 3), (1, 9)])
+def test_gathered_bands_are_rows_of_the_upsampled_padded_image(scale, height, width):
+    image = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(3))
+    upsampled = F.interpolate(image, scale_factor=scale, mode="nearest")
+    if min(upsampled.shape[2:]) < 2:
+        return  # reflection padding needs two pixels a side
+    padded = F.pad(upsampled, (1, 1, 1, 1), mode="reflect")
+    rows_of = winograd._source_indices(height, scale, image.device)
+    with torch.inference_mode():
+        for top, bottom in [(0, padded.shape[2]), (0, 2), (1, padded.shape[2]), (padded.shape[2] - 2, padded.shape[2])]:
+            band = fused.gather_band(image, rows_of[top:bottom], scale)
+            assert band is not None and band.is_contiguous()
+            assert torch.equal(band, padded[:, :, top:bottom])
+
+
+@needs_numba
+def test_gathering_checks_its_rows_reads_any_strides_and_declines_what_it_does_not_cover():
+    image = torch.randn(1, 2, 4, 5)
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="row indices"):
+            fused.gather_band(image, torch.tensor([0, 4]), 1)
+        assert fused.gather_band(image.double(), torch.tensor([0, 1]), 1) is None
+        assert fused.gather_band(image[..., :1].contiguous(), torch.tensor([0, 1]), 1) is None  # too narrow
+        strided = torch.randn(1, 4, 5, 2).permute(0, 3, 1, 2)  # channels-last, as the decoder's first input
+        assert torch.equal(fused.gather_band(strided, torch.tensor([0, 1, 3]), 2),
+                           fused.gather_band(strided.contiguous(), torch.tensor([0, 1, 3]), 2))
+    assert fused.gather_band(image.requires_grad_(), torch.tensor([0, 1]), 2) is None
+
+
+@needs_numba
+def test_the_numba_path_of_the_model_runs_the_fused_passes(small_tensors, monkeypatch):
+    """Every VSS block's gated norm and every CNN decoder band go through the fused passes, and
+    the image is the one PyTorch's operations give."""
+    import mambast
+
+    model = mambast.build(mambast.Checkpoint(small_tensors), device="cpu", scan="numba")
+    content = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+    style = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    calls = {"norm_times_silu_": 0, "gather_band": 0}
+
+    def counted(name, function):
+        def run(*arguments):
+            result = function(*arguments)
+            calls[name] += result is not None
+            return result
+        return run
+
+    monkeypatch.setattr(fused, "norm_times_silu_", counted("norm_times_silu_", fused.norm_times_silu_))
+    monkeypatch.setattr(winograd, "gather_band", counted("gather_band", fused.gather_band))
+    with torch.inference_mode():
+        got = model.stylize(content, style, seed=4)
+        monkeypatch.setattr(fused, "numba_available", lambda: False)
+        expected = model.stylize(content, style, seed=4)
+    config = model.config
+    assert calls["norm_times_silu_"] == config.encoder_layers * 2 + config.decoder_layers
+    assert calls["gather_band"] >= len(winograd.decoder_stages(model.decoder))
+    assert (got - expected).abs().max() <= 1e-4
