@@ -223,7 +223,7 @@ class SS2D(nn.Module):
         else:
             y = self._scan_stacked(x, style_inner)
         if _reusable():  # the in_proj output and the norm's output are temporaries: reuse them
-            normed = fused.norm_times_silu_(y, gate, self.out_norm) if backend == "numba" else None
+            normed = fused.norm_times_silu_(y, gate, self.out_norm)
             if normed is None:
                 normed = self.out_norm(y.to(gate.dtype)).mul_(F.silu(gate, inplace=True))
             # The scan output is spent once normalised: a large projection goes into its memory
@@ -269,9 +269,13 @@ class SS2D(nn.Module):
     def _row_sequence(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, h, w, d_inner) -> SiLU(depthwise conv) in row-major order, (B, L, d_inner).
 
-        The convolution runs channels-last, so its output already is the row-major sequence.
+        The convolution runs channels-last, so its output already is the row-major sequence
+        (one Numba pass where it applies: :func:`mambast.fused.depthwise_silu`).
         """
         batch, height, width, channels = tokens.shape
+        local = fused.depthwise_silu(tokens, self.conv2d)
+        if local is not None:
+            return local.view(batch, height * width, channels)
         grid = tokens.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         local = F.silu(self.conv2d(grid), inplace=_reusable()).permute(0, 2, 3, 1)
         return local.reshape(batch, height * width, channels)
@@ -413,7 +417,10 @@ class VSSBlock(nn.Module):
         self.drop_path = CROSS_DROP_PATH if cross else 0.0
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int], style: torch.Tensor | None = None,
-                permutation: torch.Tensor | None = None, workspace: Workspace | None = None) -> torch.Tensor:
+                permutation: torch.Tensor | None = None, workspace: Workspace | None = None,
+                residual: bool = False) -> torch.Tensor:
+        """``residual``: return ``block(tokens) + tokens`` (the stacks' skip connection), added in
+        the same pass as the norm where that is fused."""
         batch, length, channels = tokens.shape
         height, width = grid
         if style is not None:
@@ -426,8 +433,13 @@ class VSSBlock(nn.Module):
             mixed = drop_path(mixed, self.drop_path)
         cancel_point()
         if _reusable():
-            return self.norm(mixed.addcmul_(tokens, self.skip_scale))
-        return self.norm(tokens * self.skip_scale + mixed)
+            out = fused.skip_norm(mixed, tokens, self.skip_scale, self.norm, residual)
+            if out is not None:
+                return out
+            out = self.norm(mixed.addcmul_(tokens, self.skip_scale))
+        else:
+            out = self.norm(tokens * self.skip_scale + mixed)
+        return _add_residual(out, tokens) if residual else out
 
 
 class Encoder(nn.Module):
@@ -441,7 +453,7 @@ class Encoder(nn.Module):
         workspace = Workspace()
         for layer in self.layers:
             tick()
-            tokens = _add_residual(layer(tokens, grid, workspace=workspace), tokens)
+            tokens = layer(tokens, grid, workspace=workspace, residual=True)
         return tokens
 
 
@@ -462,7 +474,7 @@ class MSTDecoder(nn.Module):
         workspace = Workspace()
         for layer, permutation in zip(self.layers, permutations):
             tick()
-            tokens = _add_residual(layer(tokens, grid, style, permutation, workspace), tokens)
+            tokens = layer(tokens, grid, style, permutation, workspace, residual=True)
         return self.norm(tokens)
 
 

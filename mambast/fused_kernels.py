@@ -21,27 +21,48 @@ def silu(x):
     return x * (_ONE if x >= _ZERO else z) / (_ONE + z)
 
 
+@_njit(inline="always", fastmath=True)
+def row_statistics(row, epsilon):
+    """A layer norm's (mean, 1 / standard deviation) of a row, in two passes (the mean, then the
+    mean square of the deviations), as PyTorch's layer norm takes them: no cancellation."""
+    inverse = np.float32(1.0 / row.shape[0])
+    total = _ZERO
+    for j in range(row.shape[0]):
+        total += row[j]
+    mean = total * inverse
+    squares = _ZERO
+    for j in range(row.shape[0]):
+        deviation = row[j] - mean
+        squares += deviation * deviation
+    return mean, _ONE / np.sqrt(squares * inverse + epsilon)
+
+
 @_njit(parallel=True, fastmath=True)
 def norm_times_silu(y, gate, weight, bias, epsilon, out):
-    """out[r] = layer_norm(y[r]) * silu(gate[r]) for every row r of (R, C) float32 arrays.
-
-    ``out`` may be ``gate`` itself. The statistics are taken in two passes (mean, then the
-    mean square of the deviations), as PyTorch's layer norm does: no cancellation."""
+    """out[r] = layer_norm(y[r]) * silu(gate[r]) for every row r of (R, C) float32 arrays;
+    ``out`` may be ``gate`` itself."""
     rows, channels = y.shape
-    inverse = np.float32(1.0 / channels)
     for r in numba.prange(rows):
         y_row, gate_row, out_row = y[r], gate[r], out[r]
-        total = _ZERO
-        for j in range(channels):
-            total += y_row[j]
-        mean = total * inverse
-        squares = _ZERO
-        for j in range(channels):
-            deviation = y_row[j] - mean
-            squares += deviation * deviation
-        scale = _ONE / np.sqrt(squares * inverse + epsilon)
+        mean, scale = row_statistics(y_row, epsilon)
         for j in range(channels):
             out_row[j] = ((y_row[j] - mean) * scale * weight[j] + bias[j]) * silu(gate_row[j])
+
+
+@_njit(parallel=True, fastmath=True)
+def skip_norm(mixed, tokens, skip, weight, bias, epsilon, residual, out):
+    """out[r] = layer_norm(mixed[r] + tokens[r] * skip) [+ tokens[r] when ``residual``] for every
+    row r of (R, C) float32 arrays: a VSS block's output and its stack's skip connection (the
+    sum is built in ``out``'s row first)."""
+    rows, channels = mixed.shape
+    for r in numba.prange(rows):
+        mixed_row, token_row, out_row = mixed[r], tokens[r], out[r]
+        for j in range(channels):
+            out_row[j] = mixed_row[j] + token_row[j] * skip[j]
+        mean, scale = row_statistics(out_row, epsilon)
+        for j in range(channels):
+            normed = (out_row[j] - mean) * scale * weight[j] + bias[j]
+            out_row[j] = normed + token_row[j] if residual else normed
 
 
 @_njit(parallel=True, fastmath=True)
@@ -69,3 +90,34 @@ def gather_band(image, rows, scale, band):
                     out[x + 1] = row[x // scale]
             out[0] = out[2]
             out[wide + 1] = out[wide - 1]
+
+
+@_njit(parallel=True, fastmath=True)
+def depthwise_silu(grid, weight, bias, out):
+    """out = silu(depthwise_conv(grid) + bias) on channels-last (B, H, W, C) grids, zero padding
+    of ``k // 2`` for a (k, k, C) ``weight`` (k odd): PyTorch's ``Conv2d(C, C, k, padding=k // 2,
+    groups=C)``. Each output pixel sums its k x k neighbours across the channels (the vectorised
+    axis) into a row of C floats that stays in L1."""
+    batch, height, width, channels = grid.shape
+    size = weight.shape[0]
+    reach = size // 2
+    for task in numba.prange(batch * height):
+        b, y = task // height, task % height
+        total = np.empty(channels, np.float32)
+        for x in range(width):
+            for c in range(channels):
+                total[c] = bias[c]
+            for dy in range(size):
+                row = y + dy - reach
+                if row < 0 or row >= height:
+                    continue
+                for dx in range(size):
+                    column = x + dx - reach
+                    if column < 0 or column >= width:
+                        continue
+                    pixel, taps = grid[b, row, column], weight[dy, dx]
+                    for c in range(channels):
+                        total[c] += pixel[c] * taps[c]
+            target = out[b, y, x]
+            for c in range(channels):
+                target[c] = silu(total[c])

@@ -147,7 +147,8 @@ class MambaST(nn.Module):
         """(B, 3, H, W) with H, W multiples of the patch -> tokens (B, L, d_model) and grid (h, w)."""
         features = self.embedding(image.to(self.device))
         grid = (features.shape[2], features.shape[3])
-        return features.flatten(2).transpose(1, 2), grid
+        # contiguous once here: the first block's norm would copy it anyway, and every pass after reads it densely
+        return features.flatten(2).transpose(1, 2).contiguous(), grid
 
     def encode_content(self, image: torch.Tensor) -> ContentEncoding:
         """Encode content images (B, 3, H, W) in 0..1, any H, W >= 8.

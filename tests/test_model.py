@@ -108,7 +108,8 @@ def test_one_style_serves_a_batch_of_contents_with_one_permutation(small_model):
     with torch.inference_mode():
         batched = small_model.stylize(contents, style, seed=9)
         each = torch.cat([small_model.stylize(contents[i:i + 1], style, seed=9) for i in range(3)])
-    assert (batched - each).abs().max() <= 1e-5
+    # float rounding only (a batch runs other kernel blockings); another permutation would move it by O(1)
+    assert (batched - each).abs().max() <= 5e-5
 
 
 def test_unpairable_batches_name_both_sizes(small_model):
