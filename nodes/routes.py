@@ -16,6 +16,8 @@ def register() -> None:
     async def mambast_status(request: web.Request) -> web.Response:
         checkpoint = request.query.get("checkpoint") or None
         scan = request.query.get("scan", "auto")
-        # Reading weights takes a moment: keep the server's event loop free meanwhile.
-        report = await asyncio.get_running_loop().run_in_executor(None, status_report, checkpoint, scan)
+        dtype = request.query.get("dtype", "auto")
+        # Reading weights (or, on a CPU with native bfloat16, measuring it once) takes a moment:
+        # keep the server's event loop free meanwhile.
+        report = await asyncio.get_running_loop().run_in_executor(None, status_report, checkpoint, scan, dtype)
         return web.json_response(report)

@@ -84,10 +84,12 @@ def needed_style_inputs(strength: float, inputs: dict, second_weight: float = 0.
     return [name for name in wanted if name in inputs and inputs[name] is None]
 
 
-def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
-    # ComfyUI does not check combo values of V3 nodes against their options.
+def checked_choice(value: str, choices: tuple[str, ...], name: str) -> str:
+    """``value`` when it is one of ``choices``; else a ValueError naming the input and the choices.
+    ComfyUI does not check combo values of V3 nodes (or a route's query) against their options."""
     if value not in choices:
         raise ValueError(f"{name}: {value!r} is not one of {', '.join(choices)}.")
+    return value
 
 
 def dense_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
@@ -103,8 +105,8 @@ def dense_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
 
 def load_model(checkpoint: str, dtype: str = "auto", scan: str = "auto") -> LoadedModel:
     """MambaSTLoader: read the weights on the offload device and wrap them for ComfyUI."""
-    _check_choice(dtype, DTYPE_CHOICES, "dtype")
-    _check_choice(scan, SCAN_CHOICES, "scan backend")
+    checked_choice(dtype, DTYPE_CHOICES, "dtype")
+    checked_choice(scan, SCAN_CHOICES, "scan backend")
     path = host.resolve_checkpoint(checkpoint)
     model = load(path, device=host.offload_device(), dtype=dense_dtype(dtype, host.load_device()), scan=scan)
     return LoadedModel(host.wrap_model(model), checkpoint, model)
@@ -149,7 +151,7 @@ def _to(encoding: ContentEncoding, device: torch.device) -> ContentEncoding:
 
 def seam_smoothing_grids(choice: str) -> int:
     """The number of token grids of a ``seam_smoothing`` widget value ("off", "2 grids", ...)."""
-    _check_choice(choice, SEAM_SMOOTHING_CHOICES, "seam smoothing")
+    checked_choice(choice, SEAM_SMOOTHING_CHOICES, "seam smoothing")
     return 0 if choice == "off" else int(choice.split()[0])
 
 
@@ -270,7 +272,7 @@ def stylize(loaded: LoadedModel, content_image: torch.Tensor, style_image: torch
     tiles (memory bounded by the tile). Every run falls back to tiles, halved until they fit,
     on out-of-memory; an image whose estimate exceeds the free memory is tiled from the start.
     """
-    _check_choice(colour, COLOUR_MODES, "colour")
+    checked_choice(colour, COLOUR_MODES, "colour")
     content_rgb, alpha = split_image(content_image, "content image")
     style_rgb = split_image(style_image, "style image")[0] if style_image is not None else None
     second_rgb = split_image(second_style, "second style image")[0] if second_style is not None else None

@@ -1,13 +1,16 @@
-"""What the loader node's status line shows: device, scan backend, and whether weights load."""
+"""What the loader node's status line shows: device, scan backend, dense dtype, and whether weights load."""
 
 from __future__ import annotations
 
 import functools
 import os
 
+import torch
+
 from .. import mambast
 from ..mambast import scan as scan_backends
 from . import comfy as host
+from . import stages
 
 
 @functools.lru_cache(maxsize=8)
@@ -24,11 +27,12 @@ def _modified(path: str) -> float:
     return os.path.getmtime(path)
 
 
-def status_report(checkpoint: str | None = None, scan: str = "auto") -> dict:
+def status_report(checkpoint: str | None = None, scan: str = "auto", dtype: str = "auto") -> dict:
     """JSON-ready status for the loader node.
 
-    ``ok`` is False with a ``message`` saying what to do when the weights or the scan choice
-    cannot be used; ``summary`` is the line the frontend shows.
+    ``ok`` is False with a ``message`` saying what to do when the weights, the scan choice or
+    the dtype choice cannot be used; ``summary`` is the line the frontend shows. ``dtype`` is
+    the dense layers' dtype the loader will use (what ``auto`` resolves to on this machine).
     """
     device = host.load_device()
     report: dict = {"device": str(device), "mamba_ssm": scan_backends.mamba_ssm_available(),
@@ -36,6 +40,8 @@ def status_report(checkpoint: str | None = None, scan: str = "auto") -> dict:
     try:
         chosen = scan_backends.resolve_backend(None if scan == "auto" else scan, device)
         report["scan"] = scan_backends.runnable_backend(chosen, device, needs_grad=False)
+        report["dtype"] = dtype_name(stages.dense_dtype(stages.checked_choice(dtype, stages.DTYPE_CHOICES, "dtype"),
+                                                        device))
         if checkpoint:
             path = host.resolve_checkpoint(checkpoint)
             report["weights"] = _check_weights(path, _modified(path))
@@ -44,12 +50,19 @@ def status_report(checkpoint: str | None = None, scan: str = "auto") -> dict:
     except (ValueError, OSError) as error:  # CheckpointError is a ValueError
         report["ok"], report["message"], report["short"] = False, str(error), short_reason(error)
     scan_text = report.get("scan", scan)
+    dtype_text = report.get("dtype", dtype) + (" (auto)" if dtype == "auto" and "dtype" in report else "")
+    head = f"{device} | {scan_text} scan | {dtype_text}"
     if report["ok"]:
         weights = f" | {report['weights']}" if "weights" in report else ""
-        report["summary"] = f"{device} | {scan_text} scan{weights}"
+        report["summary"] = f"{head}{weights}"
     else:
-        report["summary"] = f"{device} | {scan_text} scan | not usable: {report['short']}"
+        report["summary"] = f"{head} | not usable: {report['short']}"
     return report
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``float32``."""
+    return str(dtype).removeprefix("torch.")
 
 
 def short_reason(error: Exception) -> str:

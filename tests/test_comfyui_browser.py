@@ -183,7 +183,8 @@ def test_the_status_line_describes_the_value_a_saved_workflow_holds(browser, tmp
     for checkpoint, ok, words, picture in [("missing.safetensors", False, ["'missing.safetensors'", "official/"],
                                             "status_missing.png"),
                                            ("corrupt.safetensors", False, ["header"], "status_corrupt.png"),
-                                           ("official/", True, ["3+3 layers, d_model 512"], "status_good.png")]:
+                                           ("official/", True, ["float32 (auto)", "3+3 layers, d_model 512"],
+                                            "status_good.png")]:
         load(browser, with_checkpoint(template, checkpoint))
         close_dialogs(browser)
         [status] = loader_status(browser)
@@ -224,6 +225,17 @@ def test_the_status_follows_tab_switches_list_refreshes_and_value_changes(browse
     }""")
     browser.wait_for_function("""() => window.app.graph._nodes.find(n => n.comfyClass === 'MambaSTLoader')
                                        .mambastStatus.summary.includes('header')""", timeout=10_000)
+    # The dtype widget too: the line says which dtype the loader will use.
+    browser.evaluate("""() => {
+        const node = window.app.graph._nodes.find(n => n.comfyClass === 'MambaSTLoader');
+        node.widgets.find(w => w.name === 'checkpoint').value = 'official/';
+        node.widgets.find(w => w.name === 'dtype').value = 'bfloat16';
+        node.setDirtyCanvas(true, true);
+    }""")
+    browser.wait_for_function("""() => {
+        const status = window.app.graph._nodes.find(n => n.comfyClass === 'MambaSTLoader').mambastStatus;
+        return status.ok === true && status.summary.includes('| bfloat16 |');
+    }""", timeout=10_000)
     close_dialogs(browser)
 
 

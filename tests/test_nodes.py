@@ -202,10 +202,14 @@ def test_status_reports_device_backend_and_whether_weights_load(comfy, tmp_path)
     scan = importlib.import_module(comfy.pack.__name__ + ".mambast.scan")
     automatic = "numba" if scan.numba_available() else "chunked"
     good = status.status_report("small.safetensors", "auto")
-    assert good["ok"] and good["device"] == "cpu" and good["scan"] == automatic
-    assert good["summary"] == f"cpu | {automatic} scan | 2+2 layers, d_model 64, d_state 8"
-    chosen = status.status_report("small.safetensors", "chunked")
-    assert chosen["summary"] == "cpu | chunked scan | 2+2 layers, d_model 64, d_state 8"
+    assert good["ok"] and good["device"] == "cpu" and good["scan"] == automatic and good["dtype"] == "float32"
+    # what "auto" resolves to here (the tests pin it to float32, see conftest)
+    assert good["summary"] == f"cpu | {automatic} scan | float32 (auto) | 2+2 layers, d_model 64, d_state 8"
+    chosen = status.status_report("small.safetensors", "chunked", "bfloat16")
+    assert chosen["summary"] == "cpu | chunked scan | bfloat16 | 2+2 layers, d_model 64, d_state 8"
+    unknown = status.status_report("small.safetensors", "auto", "float8")
+    assert not unknown["ok"] and "dtype" in unknown["message"] and "float32" in unknown["message"]
+    assert unknown["summary"].endswith("not usable: " + unknown["short"])
     broken = Path(comfy.models_dir) / "mambast" / "broken.safetensors"
     broken.write_bytes(b"not safetensors")
     bad = status.status_report("broken.safetensors", "reference")

@@ -70,14 +70,17 @@ def test_status_line_helpers():
     script = """
     const m = await import(process.argv[1]);
     const assert = (await import('node:assert')).strict;
-    assert.equal(m.statusQuery('official/', 'chunked'), '/mambast/status?checkpoint=official%2F&scan=chunked');
-    assert.equal(m.statusQuery(undefined, undefined), '/mambast/status?scan=auto');
-    assert.equal(m.statusQuery('a b.safetensors', 'auto'), '/mambast/status?checkpoint=a+b.safetensors&scan=auto');
+    assert.equal(m.statusQuery('official/', 'chunked', 'bfloat16'),
+                 '/mambast/status?checkpoint=official%2F&scan=chunked&dtype=bfloat16');
+    assert.equal(m.statusQuery(undefined, undefined, undefined), '/mambast/status?scan=auto&dtype=auto');
+    assert.equal(m.statusQuery('a b.safetensors', 'auto', 'auto'),
+                 '/mambast/status?checkpoint=a+b.safetensors&scan=auto&dtype=auto');
     assert.notEqual(m.statusColor(true), m.statusColor(false));
     assert.equal(m.statusColor(null), m.statusColor(undefined));
     assert.notEqual(m.statusKey('a.safetensors', 'auto'), m.statusKey('b.safetensors', 'auto'));
     assert.notEqual(m.statusKey('a', 'auto'), m.statusKey('a', 'chunked'));
-    assert.equal(m.statusKey('a', 'auto'), m.statusKey('a', 'auto'));
+    assert.notEqual(m.statusKey('a', 'auto', 'auto'), m.statusKey('a', 'auto', 'float16'));
+    assert.equal(m.statusKey('a', 'auto', 'auto'), m.statusKey('a', 'auto', 'auto'));
     const width = (t) => t.length;  // one unit per character
     assert.deepEqual(m.wrapText('one two three four', 9, width), ['one two', 'three', 'four']);
     assert.deepEqual(m.wrapText('/a/very/long/path/name ok', 8, width), ['/a/very/', 'long/pat', 'h/name', 'ok']);

@@ -1,5 +1,6 @@
-// Shows on each "MambaST Loader" node which device and scan backend will run, and whether the
-// chosen weights load, from the pack's GET /mambast/status route.
+// Shows on each "MambaST Loader" node which device, scan backend and dtype will run (what "auto"
+// resolves to on this machine), and whether the chosen weights load, from the pack's
+// GET /mambast/status route.
 //
 // The line always describes the values the widgets hold: workflows set widget values after a
 // node is created (and again on tab switches and undo), so the status is checked against the
@@ -19,20 +20,21 @@ function widgetValue(node, name) {
 }
 
 function currentKey(node) {
-  return statusKey(widgetValue(node, "checkpoint"), widgetValue(node, "scan"));
+  return statusKey(widgetValue(node, "checkpoint"), widgetValue(node, "scan"), widgetValue(node, "dtype"));
 }
 
 async function refresh(node) {
   const checkpoint = widgetValue(node, "checkpoint");
   const scan = widgetValue(node, "scan");
-  const key = statusKey(checkpoint, scan);
+  const dtype = widgetValue(node, "dtype");
+  const key = statusKey(checkpoint, scan, dtype);
   const request = (node.mambastRequest = (node.mambastRequest ?? 0) + 1);
   node.mambastStatusKey = key;
   node.mambastStatus = { summary: "checking weights…", ok: null };
   node.setDirtyCanvas(true, true);
   let status;
   try {
-    const response = await api.fetchApi(statusQuery(checkpoint, scan));
+    const response = await api.fetchApi(statusQuery(checkpoint, scan, dtype));
     status = await response.json();
   } catch (error) {
     status = { summary: `status unavailable: ${error}`, ok: false };

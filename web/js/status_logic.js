@@ -2,17 +2,18 @@
 
 export const STATUS_PREFIX = "⚙ ";
 
-export function statusQuery(checkpoint, scan) {
+export function statusQuery(checkpoint, scan, dtype) {
   const params = new URLSearchParams();
   if (checkpoint) params.set("checkpoint", checkpoint);
   params.set("scan", scan || "auto");
+  params.set("dtype", dtype || "auto");
   return `/mambast/status?${params.toString()}`;
 }
 
 // What a status was fetched for: the widget values it describes. A status whose key differs
 // from the widgets' current values is stale and must be fetched again.
-export function statusKey(checkpoint, scan) {
-  return JSON.stringify([checkpoint ?? null, scan ?? null]);
+export function statusKey(checkpoint, scan, dtype) {
+  return JSON.stringify([checkpoint ?? null, scan ?? null, dtype ?? null]);
 }
 
 export function statusColor(ok) {
