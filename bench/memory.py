@@ -12,9 +12,9 @@ measured table (tests/test_resources.py).
     python bench/memory.py --breakdown [--sizes 512]    # where the process's peak goes
 
 ``--breakdown`` follows one fresh process from the interpreter to the end of a second stylization
-and prints the resident memory each step adds (PyTorch, this package, Numba's compiled kernel,
-the weights read from a .safetensors file by ``mambast.load``, the inputs), each stage's peak above what was resident when it started and what it
-leaves behind (its result, and for the CNN decoder NNPACK's workspace, which is never freed), and
+and prints the resident memory each step adds (PyTorch, this package, Numba's compiled scan
+kernel and fused passes, the weights read from a .safetensors file by ``mambast.load``, the
+inputs), each stage's peak above what was resident when it started and what it leaves behind (its result, and for the CNN decoder NNPACK's workspace, which is never freed), and
 the process's peak.
 """
 
@@ -29,6 +29,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
+
+def load_fused_passes() -> None:
+    """Run each of mambast.fused's compiled passes once on tiny inputs, in the layouts a
+    stylization gives them: their machine code is then loaded (from Numba's cache) or compiled."""
+    import torch
+    from torch import nn
+
+    from mambast import fused
+
+    with torch.inference_mode():
+        grid = torch.rand(1, 3, 3, 8)
+        fused.depthwise_silu(grid, nn.Conv2d(8, 8, 3, padding=1, groups=8))
+        rows, norm = torch.rand(4, 8), nn.LayerNorm(8)
+        fused.norm_times_silu_(rows, rows.clone(), norm)
+        fused.skip_norm(rows, rows, torch.ones(8), norm, True)
+        image = torch.rand(1, 2, 3, 4)
+        fused.gather_band(image, torch.tensor([1, 0, 1]), 2)
+        fused.gather_band(image.contiguous(memory_format=torch.channels_last), torch.tensor([1, 0, 1]), 1)
 
 def measure(side: int, threads: int) -> dict:
     import torch
@@ -77,6 +95,8 @@ def breakdown(side: int, threads: int, checkpoint: str) -> dict:
         tokens = torch.rand(1, 64, 16)
         selective_scan_numba(tokens, tokens, -torch.rand(64, 4), torch.rand(1, 1, 4, 16), torch.rand(1, 1, 4, 16))
         step("Numba, LLVM and the compiled scan kernel")
+        load_fused_passes()
+        step("the compiled fused passes (mambast.fused)")
     from stylize import bench_inputs
 
     model = mambast.load(checkpoint, device="cpu")
