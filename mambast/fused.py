@@ -34,9 +34,8 @@ def _compiled(name: str):
     return getattr(fused_kernels, name)
 
 
-def _cpu_float(*tensors: torch.Tensor, contiguous: bool = True) -> bool:
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and (t.is_contiguous() or not contiguous)
-               for t in tensors)
+def _cpu_float(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
 
 
 def norm_times_silu_(y: torch.Tensor, gate: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor | None:
@@ -76,17 +75,17 @@ def _norm_applies(norm: nn.LayerNorm, channels: int) -> bool:
 
 def gather_band(image: torch.Tensor, rows: torch.Tensor, scale: int) -> torch.Tensor | None:
     """Rows ``rows`` (input-row indices) of ``reflection_pad(upsample(image, scale), 1)``, (B, C,
-    len(rows), w * scale + 2) contiguous, in one pass; None where the fused pass does not apply.
-    ``image`` may have any strides (the decoder's first input is a channels-last view)."""
-    if records_gradients(image) or not numba_available() or not _cpu_float(image, contiguous=False) or image.shape[-1] * scale < 2:
+    len(rows), w * scale + 2) contiguous, in one pass; None where the fused pass does not apply
+    (``image`` must be contiguous: one compiled layout keeps a first run's compilation short)."""
+    if records_gradients(image) or not numba_available() or not _cpu_float(image) or image.shape[-1] * scale < 2:
         return None
     batch, channels, height, width = image.shape
     if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= height):
         raise ValueError(f"gather_band: row indices must lie in 0..{height - 1}")  # the kernel does not check
     band = image.new_empty((batch, channels, rows.numel(), width * scale + 2))
     if band.numel():
-        launch(_compiled("gather_band"), image.detach().numpy(), rows.to(torch.int64).contiguous().numpy(), int(scale),
-               band.numpy())
+        launch(_compiled("gather_band"), image.detach().numpy(), rows.to(torch.int64).contiguous().numpy(),
+               int(scale), band.numpy())
     return band
 
 

@@ -150,6 +150,7 @@ def band_input(image: torch.Tensor, rows: torch.Tensor, scale: int) -> torch.Ten
 def _stage(stage: Stage, image: torch.Tensor) -> torch.Tensor:
     """One stage on NCHW ``image``, in bands of output rows (a Cancel check between bands)."""
     layer = stage.conv
+    image = image.contiguous()  # once per stage (the first one's input is a channels-last view): every band reads it
     batch, _, height, width = image.shape
     out_height, out_width = height * stage.scale, width * stage.scale
     if min(out_height, out_width) < 2:

@@ -132,16 +132,14 @@ def test_gathered_bands_are_rows_of_the_upsampled_padded_image(scale, height, wi
 
 
 @needs_numba
-def test_gathering_checks_its_rows_reads_any_strides_and_declines_what_it_does_not_cover():
+def test_gathering_checks_its_rows_and_declines_what_it_does_not_cover():
     image = torch.randn(1, 2, 4, 5)
     with torch.inference_mode():
         with pytest.raises(ValueError, match="row indices"):
             fused.gather_band(image, torch.tensor([0, 4]), 1)
         assert fused.gather_band(image.double(), torch.tensor([0, 1]), 1) is None
         assert fused.gather_band(image[..., :1].contiguous(), torch.tensor([0, 1]), 1) is None  # too narrow
-        strided = torch.randn(1, 4, 5, 2).permute(0, 3, 1, 2)  # channels-last, as the decoder's first input
-        assert torch.equal(fused.gather_band(strided, torch.tensor([0, 1, 3]), 2),
-                           fused.gather_band(strided.contiguous(), torch.tensor([0, 1, 3]), 2))
+        assert fused.gather_band(image.transpose(2, 3), torch.tensor([0, 1]), 1) is None  # not contiguous
     assert fused.gather_band(image.requires_grad_(), torch.tensor([0, 1]), 2) is None
 
 
