@@ -3,7 +3,12 @@ where it can run (Numba present, CPU tensors, no autograd)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +198,40 @@ def test_numba_backend_under_autograd_returns_the_chunked_scans_gradients():
     inputs["u"].grad = None
     scan.selective_scan(**inputs, backend="numba").sum().backward()
     assert torch.allclose(inputs["u"].grad, expected)
+
+
+_CACHED_RUN = """
+import importlib, sys, torch
+sys.path.insert(0, sys.argv[1])
+scan = importlib.import_module(sys.argv[2] + ".scan.numba_scan")
+fused = importlib.import_module(sys.argv[2] + ".fused")
+torch.manual_seed(0)
+u = torch.rand(1, 8, 16)
+y = scan.selective_scan_numba(u, u, -torch.rand(8, 4), torch.rand(1, 1, 4, 16), torch.rand(1, 1, 4, 16))
+with torch.inference_mode():
+    gated = fused.norm_times_silu_(torch.rand(4, 8), torch.rand(4, 8), torch.nn.LayerNorm(8))
+print(float(y.sum()), float(gated.sum()))
+"""
+
+
+@needs_numba
+def test_kernels_cached_under_one_import_name_run_under_another(tmp_path):
+    """The command line and the tests import the package as ``mambast``, ComfyUI as a sub-package
+    of the pack's folder (``ComfyUI-MambaST.mambast``); both share Numba's cache beside the code.
+    A cache entry written under the other name is compiled again, not a failed stylization."""
+    pack = tmp_path / "Pack"
+    shutil.copytree(Path(mambast.__file__).parent, pack / "mambast", ignore=shutil.ignore_patterns("__pycache__"))
+    (pack / "__init__.py").write_text("")
+    # nothing else importable as ``mambast`` (the working directory, PYTHONPATH), and the cache beside the code
+    environment = {name: value for name, value in os.environ.items() if name not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+
+    def run(path: Path, package: str) -> str:
+        done = subprocess.run([sys.executable, "-c", _CACHED_RUN, str(path), package], capture_output=True,
+                              text=True, env=environment, cwd=tmp_path, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    first = run(pack, "mambast")
+    assert list((pack / "mambast" / "scan" / "__pycache__").glob("numba_kernel.advance_chunk-*.nbi"))
+    assert run(tmp_path, "Pack.mambast") == first  # the entries name the module "mambast"
+    assert run(tmp_path, "Pack.mambast") == first  # now cached under this name

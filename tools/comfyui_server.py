@@ -78,7 +78,7 @@ class Server:
             raise AssertionError(f"/prompt refused the graph: {json.dumps(queued)[-4000:]}")
         entry = self.wait(queued["prompt_id"], timeout)
         if entry["status"]["status_str"] != "success":
-            raise AssertionError(json.dumps(entry["status"]["messages"], indent=1)[-4000:])
+            raise AssertionError(failure_text(entry["status"]["messages"]))
         return entry
 
     def resident_mib(self) -> float:
@@ -153,3 +153,13 @@ def running_comfyui(base: Path, comfyui_dir: str | os.PathLike, python: str | No
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def failure_text(messages: list) -> str:
+    """What went wrong in a failed prompt: each execution error's node, exception and traceback
+    first (the inputs ComfyUI also reports can run to megabytes of tensor text), else the messages."""
+    errors = [data for kind, data in messages if kind == "execution_error"]
+    if not errors:
+        return json.dumps(messages, indent=1)[-4000:]
+    return "\n\n".join(f"node {e.get('node_id')} ({e.get('node_type')}): {e.get('exception_type')}: "
+                       f"{e.get('exception_message')}\n{''.join(e.get('traceback') or [])[-3000:]}" for e in errors)

@@ -221,13 +221,45 @@ def _scan(source, read_at, write_at, output_rows, delta_of, delta_bias, softplus
 
 def launch(kernel: Callable, *arguments) -> None:
     """Call a parallel Numba kernel on PyTorch's thread count, one launch at a time in the process
-    (some of Numba's threading layers abort when two threads launch parallel kernels at once)."""
+    (some of Numba's threading layers abort when two threads launch parallel kernels at once).
+
+    Numba's cache beside the package names the module that compiled each kernel, as it was
+    imported: ``mambast.scan.numba_kernel`` from the command line or the tests, something like
+    ``ComfyUI-MambaST.mambast.scan.numba_kernel`` in ComfyUI. A process that imported the package
+    under another name cannot load that entry (an ImportError); the kernels are then compiled
+    again and cached under this process's name."""
     import numba
 
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     with _launch_lock:
         numba.set_num_threads(threads)
-        kernel(*arguments)
+        try:
+            kernel(*arguments)
+        except ImportError:
+            if not _drop_caches_of(kernel):
+                raise
+            kernel(*arguments)
+
+
+def _drop_caches_of(kernel: Callable) -> bool:
+    """Empty the on-disk cache entries of the compiled functions of ``kernel``'s module and of the
+    scan kernel's module (the functions it may call); False when there were none to empty."""
+    import sys
+
+    from numba.core.dispatcher import Dispatcher
+
+    from . import numba_kernel
+
+    modules = {id(module): module for module in (sys.modules.get(getattr(kernel, "__module__", "")), numba_kernel)
+               if module is not None}
+    dropped = False
+    for module in modules.values():
+        for value in vars(module).values():
+            cache = getattr(value, "_cache", None) if isinstance(value, Dispatcher) else None
+            if cache is not None and hasattr(cache, "flush"):
+                cache.flush()
+                dropped = True
+    return dropped
 
 
 def _compiled_kernel():
