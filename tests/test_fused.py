@@ -115,23 +115,6 @@ def test_depthwise_convolution_declines_what_it_does_not_cover(monkeypatch):
 
 
 @needs_numba
-@pytest.mark.parametrize("scale", [1, 2, 3])
-@pytest.mark.parametrize("height, width", [(2, 2), (5, 7), (8, 3), (1, 9)])
-def test_gathered_bands_are_rows_of_the_upsampled_padded_image(scale, height, width):
-    image = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(3))
-    upsampled = F.interpolate(image, scale_factor=scale, mode="nearest")
-    if min(upsampled.shape[2:]) < 2:
-        return  # reflection padding needs two pixels a side
-    padded = F.pad(upsampled, (1, 1, 1, 1), mode="reflect")
-    rows_of = winograd._source_indices(height, scale, image.device)
-    with torch.inference_mode():
-        for top, bottom in [(0, padded.shape[2]), (0, 2), (1, padded.shape[2]), (padded.shape[2] - 2, padded.shape[2])]:
-            band = fused.gather_band(image, rows_of[top:bottom], scale)
-            assert band is not None and band.is_contiguous()
-            assert torch.equal(band, padded[:, :, top:bottom])
-
-
-@needs_numba
 def test_gathering_checks_its_rows_and_declines_what_it_does_not_cover():
     image = torch.randn(1, 2, 4, 5)
     with torch.inference_mode():

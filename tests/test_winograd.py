@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mambast import winograd
+from mambast import fused, winograd
+from mambast.scan import numba_available
 
 
 def padded_convolution(layer: nn.Conv2d, image: torch.Tensor) -> torch.Tensor:
@@ -89,9 +90,15 @@ def test_heavy_convolutions_go_in_bands_of_bounded_work_with_cancel_checks_betwe
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
+@pytest.mark.parametrize("path", ["pytorch", "numba"])
 @pytest.mark.parametrize("scale", [1, 2, 3])
-@pytest.mark.parametrize("height, width", [(1, 2), (2, 1), (2, 2), (5, 7), (8, 3)])
-def test_band_inputs_are_rows_of_the_upsampled_padded_image(scale, height, width):
+@pytest.mark.parametrize("height, width", [(1, 2), (2, 1), (2, 2), (5, 7), (8, 3), (1, 9)])
+def test_band_inputs_are_rows_of_the_upsampled_padded_image(path, scale, height, width, monkeypatch):
+    """Through PyTorch's operations, and gathered in one compiled pass where Numba is installed."""
+    if path == "numba" and not numba_available():
+        pytest.skip("Numba is not installed here")
+    if path == "pytorch":
+        monkeypatch.setattr(fused, "numba_available", lambda: False)
     image = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(3))
     upsampled = F.interpolate(image, scale_factor=scale, mode="nearest")
     if min(upsampled.shape[2:]) < 2:
@@ -99,12 +106,15 @@ def test_band_inputs_are_rows_of_the_upsampled_padded_image(scale, height, width
     padded = F.pad(upsampled, (1, 1, 1, 1), mode="reflect")
     rows_of = winograd._source_indices(height, scale, image.device)
     assert rows_of.numel() == padded.shape[2]
-    for top, bottom in [(0, padded.shape[2]), (0, 2), (1, padded.shape[2]), (padded.shape[2] - 2, padded.shape[2])]:
-        band = winograd.band_input(image, rows_of[top:bottom], scale)
-        assert band.is_contiguous()
-        assert torch.equal(band, padded[:, :, top:bottom])
-    channels_last = image.contiguous(memory_format=torch.channels_last)
-    assert torch.equal(winograd.band_input(channels_last, rows_of, scale), padded)
+    gather = fused.gather_band if path == "numba" else winograd.band_input
+    with torch.inference_mode():
+        for top, bottom in [(0, padded.shape[2]), (0, 2), (1, padded.shape[2]), (padded.shape[2] - 2, padded.shape[2])]:
+            band = gather(image, rows_of[top:bottom], scale)
+            assert band is not None and band.is_contiguous()
+            assert torch.equal(band, padded[:, :, top:bottom])
+    if path == "pytorch":
+        channels_last = image.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(winograd.band_input(channels_last, rows_of, scale), padded)
 
 
 def test_the_release_decoder_is_read_as_fused_stages():
