@@ -7,7 +7,8 @@ run as one pass each (times per call at 512 px on that CPU, PyTorch's operations
 
 - every VSS block's depthwise convolution with its SiLU, on the channels-last token grid
   (8.7-9.2 ms -> 6.5-6.9 ms);
-- the gated norm, ``out_norm(y) * silu(gate)``, written into the spent gate (9.5-10 -> 5.6 ms);
+- the gated norm, ``out_norm(y) * silu(gate)``, written into the spent gate (12.6-13.0 ms through
+  PyTorch with a copy of the gate that the model's path does not make -> 5.6-5.7 ms);
 - the block's output norm with its skip scale and the stack's residual,
   ``norm(mixed + tokens * skip_scale) + tokens``;
 - the CNN decoder's band inputs: the rows of the upsampled, reflection-padded image gathered in
