@@ -12,13 +12,14 @@ MIB = 2**20
 # Peak working memory of one stylization (model weights excluded), MiB, random weights of the
 # released architecture, float32 unless said:
 # - CPU: `python bench/memory.py` (peak resident memory above what was resident before the run;
-#   2 threads, the nodes' stylize_images path), 2026-12-01. The allocator's peak varies from run to
-#   run; the highest of the runs counts: 512 px 205, 221, 237, 268, 301, 301, 309, 333 (seven runs
-#   of bench/memory.py and bench/stylize.py); 1024 px 748, 748, 772, 804; 2048 px 3028.
+#   2 threads, the nodes' stylize_images path), 2026-12-01 and -02. The allocator's peak varies from
+#   run to run; the highest of the runs counts: 512 px 205, 221, 237, 268, 301, 301, 309, 333, 328
+#   (eight runs of bench/memory.py and bench/stylize.py); 1024 px 748, 748, 772, 804, 848 (the last
+#   with the fused passes of mambast.fused); 2048 px 3028.
 # - CUDA: the H200 figures of `python bench/gpu.py` in the README (peak allocated, triton scan)
 #   less the weights (90 MiB in float32, 46 MiB in bfloat16), 2026-11-27.
 MEASURED = {
-    ("cpu", torch.float32): {512: 333, 1024: 804, 2048: 3028},
+    ("cpu", torch.float32): {512: 333, 1024: 848, 2048: 3028},
     ("cuda", torch.float32): {512: 485 - 90, 1024: 1569 - 90},
     ("cuda", torch.bfloat16): {512: 317 - 46, 1024: 1018 - 46, 2048: 3766 - 46},
 }
