@@ -64,11 +64,16 @@ class Workspace:
     def __init__(self):
         self._buffers: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def worth_reusing(cls, shape: tuple[int, ...], element_size: int) -> bool:
+        """Whether a fresh result of ``shape`` would come from the operating system's zeroed pages."""
+        return math.prod(shape) * element_size >= cls.MIN_BYTES
+
     def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
         """A contiguous (``shape``) tensor of ``like``'s dtype for the result called ``name``, or None."""
-        count = math.prod(shape)
-        if not _reusable() or like.device.type != "cpu" or count * like.element_size() < self.MIN_BYTES:
+        if not _reusable() or like.device.type != "cpu" or not self.worth_reusing(shape, like.element_size()):
             return None
+        count = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.numel() < count or buffer.dtype != like.dtype:
             buffer = self._buffers[name] = like.new_empty(count)
@@ -229,7 +234,7 @@ class SS2D(nn.Module):
             # The scan output is spent once normalised: a large projection goes into its memory
             # (fresh pages cost more than the matrix product's lag behind oneDNN's 1x1 convolution).
             shape = (*normed.shape[:-1], self.out_proj.out_features)
-            large = math.prod(shape) * normed.element_size() >= Workspace.MIN_BYTES
+            large = Workspace.worth_reusing(shape, normed.element_size())
             spent = _spare_memory(y, shape, normed.dtype) if large else None
             return grid_linear(normed, self.out_proj.weight, out=spent)
         return grid_linear(self.out_norm(y.to(gate.dtype)) * F.silu(gate), self.out_proj.weight)
