@@ -6,7 +6,7 @@ unless said. Every timing is the median of CUDA-event timed runs after warm-up; 
 same run: the ``chunked`` scan (a loop of small launches) against the Triton kernel, float32
 against float16/bfloat16 dense layers.
 
-    python bench/gpu.py [--out results.json] [--repeats 30]
+    python bench/gpu.py [--out results.json] [--repeats 30] [--figures stylize,graphs,frames,compile]
 """
 
 from __future__ import annotations
@@ -193,6 +193,98 @@ def graph_figure(device, results: dict) -> None:
     results["graphs"] = rows
 
 
+def frames_figure(device, results: dict, size: int = 512, count: int = 16, runs: int = 3,
+                  dtype_name: str = "float32") -> None:
+    """A batch of video frames through the MambaST Stylize node's path (mambast.pipeline, one
+    frame at a time): plain stages against stages replayed from CUDA graphs as the nodes run them
+    (recorded anew in every run, as in every node execution), frames per second, peak allocated
+    memory, and the check that both give the same frames to the last bit."""
+    import torch
+
+    import mambast
+    from mambast.cuda_graphs import StageGraphs
+    from mambast.pipeline import Controls, stylize_images
+    from mambast.random_weights import random_official_tensors
+    from stylize import bench_inputs
+
+    dtype = getattr(torch, dtype_name)
+    model = mambast.build(mambast.Checkpoint(random_official_tensors(seed=0)), device=device, dtype=dtype)
+    content, style = (t.to(device) for t in bench_inputs(size, size))
+    frames = torch.cat([torch.roll(content, shifts=4 * i, dims=-1) for i in range(count)])  # a pan
+    controls = Controls(seed=0, temporal_smoothing=0.3)
+
+    def synchronise():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def batch(replayed: bool) -> torch.Tensor:
+        with torch.inference_mode():
+            if not replayed:
+                return stylize_images(model, frames, style, controls)
+            with StageGraphs().active():
+                return stylize_images(model, frames, style, controls)
+
+    row = {"size": size, "frames": count, "dtype": dtype_name, "scan": model.scan_backend}
+    outputs = {}
+    for replayed in (False, True):
+        label = "replayed" if replayed else "plain"
+        outputs[label] = batch(replayed)  # warm-up: kernels compiled, caches filled
+        times = []
+        for _ in range(runs):
+            synchronise()
+            started = time.perf_counter()
+            batch(replayed)
+            synchronise()
+            times.append(time.perf_counter() - started)
+        seconds = statistics.median(times)
+        peak = peak_allocated_mib(lambda: batch(replayed)) if device.type == "cuda" else float("nan")
+        row[label] = {"seconds": seconds, "frames_per_second": count / seconds, "peak_allocated_mib": peak}
+        print(f"{count} frames {size} px {dtype_name}, {label:<8} {count / seconds:8.1f} frames/s  "
+              f"peak {peak:7.0f} MiB")
+    row["same_to_the_last_bit"] = bool(torch.equal(outputs["plain"], outputs["replayed"]))
+    row["max_abs"] = float((outputs["plain"] - outputs["replayed"]).abs().max())
+    row["ratio"] = row["plain"]["seconds"] / row["replayed"]["seconds"]
+    print(f"  replayed: {row['ratio']:.2f}x the plain stages' speed; same to the last bit: "
+          f"{row['same_to_the_last_bit']} (max abs {row['max_abs']:.1e})")
+    results.setdefault("frames", []).append(row)
+
+
+def compile_figure(device, results: dict, size: int = 512) -> None:
+    """torch.compile of stylize (default and reduce-overhead modes) against the plain call, float32."""
+    import torch
+
+    import mambast
+    from mambast.random_weights import random_official_tensors
+    from stylize import bench_inputs
+
+    model = mambast.build(mambast.Checkpoint(random_official_tensors(seed=0)), device=device)
+    content, style = (t.to(device) for t in bench_inputs(size, size))
+    with torch.inference_mode():
+        plain = model.stylize(content, style, seed=0)
+        plain_ms, _ = gpu_median_ms(lambda: model.stylize(content, style, seed=0), 30)
+    rows = [{"mode": "plain", "ms": plain_ms}]
+    print(f"torch.compile, {size} px float32: plain {plain_ms:.2f} ms")
+    for mode in ("default", "reduce-overhead"):
+        torch._dynamo.reset()
+        compiled = torch.compile(model.stylize, mode=mode)
+        try:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                out = compiled(content, style, seed=0)
+                torch.cuda.synchronize()
+                compile_s = time.perf_counter() - started
+                ms, _ = gpu_median_ms(lambda: compiled(content, style, seed=0), 30)
+        except Exception as failure:
+            print(f"  {mode}: failed: {type(failure).__name__}: {failure}"[:400])
+            rows.append({"mode": mode, "error": str(failure)[:400]})
+            continue
+        difference = float((out - plain).abs().max())
+        print(f"  {mode}: {ms:.2f} ms ({plain_ms / ms:.2f}x plain), first call {compile_s:.0f} s, "
+              f"max abs vs plain {difference:.1e}")
+        rows.append({"mode": mode, "ms": ms, "first_call_s": compile_s, "max_abs_vs_plain": difference})
+    results["compile"] = rows
+
+
 def profile_figure(device, results: dict) -> None:
     """Where the bfloat16 512 px time goes on the GPU: the kernels by total time."""
     import torch
@@ -223,6 +315,8 @@ def main() -> None:
     parser.add_argument("--out", default="", help="write the figures as JSON here")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--skip-sweep", action="store_true", help="use the shipped tile shape")
+    parser.add_argument("--figures", default="sweep,stylize,graphs,frames,compile,profile",
+                        help="which figures, comma-separated (default: all, in this order)")
     args = parser.parse_args()
 
     import torch
@@ -237,11 +331,20 @@ def main() -> None:
     started = time.perf_counter()
     import mambast.scan.triton_scan as kernel
 
-    if not args.skip_sweep:
+    figures = set(args.figures.split(","))
+    if "sweep" in figures and not args.skip_sweep:
         kernel.BLOCK_L, kernel.BLOCK_D, kernel.NUM_WARPS = sweep_tiles(device, results)
-    stylize_figures(device, args.repeats, results)
-    graph_figure(device, results)
-    profile_figure(device, results)
+    if "stylize" in figures:
+        stylize_figures(device, args.repeats, results)
+    if "graphs" in figures:
+        graph_figure(device, results)
+    if "frames" in figures:
+        frames_figure(device, results)
+        frames_figure(device, results, dtype_name="bfloat16")
+    if "compile" in figures:
+        compile_figure(device, results)
+    if "profile" in figures:
+        profile_figure(device, results)
     results["seconds"] = time.perf_counter() - started
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))

@@ -8,6 +8,8 @@ Variants:
 - ``ours``: :meth:`MambaST.stylize` as shipped (the automatic scan backend: ``numba`` where
   Numba is installed, else ``chunked``).
 - ``ours, chunked scan``: the same with the pure-PyTorch ``chunked`` scan (no Numba).
+- ``ours, torch.compile`` (only when asked for): ``torch.compile(model.stylize)``, see
+  :func:`compiled_stylize`.
 - ``reference path``: the reference's stylization path, patch embedding -> Mamba body -> CNN
   decoder, with the ``reference`` (sequential) scan, the four scan directions stacked, flipped
   and merged as copies, and the CNN decoder in contiguous NCHW: what the reference computes.
@@ -21,6 +23,7 @@ Variants:
 
     python bench/stylize.py [--size 512] [--repeats 3] [--threads 2] [--variants ours,reference path,...]
     python bench/stylize.py --breakdown [--size 512]     # where the time of our stylize goes
+    python bench/stylize.py --variants "ours,ours, torch.compile"   # torch.compile against the plain call
 """
 
 from __future__ import annotations
@@ -35,6 +38,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import median, run_isolated, timed_runs  # noqa: E402
 
 VARIANTS = ("ours", "ours, chunked scan", "reference path", "reference forward")
+# Opt-in (--variants): minutes of compilation before the first image.
+COMPILED = "ours, torch.compile"
+
+
+def compiled_stylize(model):
+    """``torch.compile(model.stylize)``, the Numba kernels and NNPACK's convolutions left outside
+    the compiled graphs: Dynamo cannot trace Numba, and NNPACK's convolution has no fake-tensor
+    kernel (compiling it fails with "Mismatched Tensor types in NNPack convolutionOutput")."""
+    import torch
+
+    import mambast.blocks
+    import mambast.fused
+    import mambast.model
+
+    for name in ("depthwise_silu", "norm_times_silu_", "skip_norm", "gather_band"):
+        setattr(mambast.fused, name, torch.compiler.disable(getattr(mambast.fused, name)))
+    mambast.blocks.SS2D._scan_orders = torch.compiler.disable(mambast.blocks.SS2D._scan_orders)
+    mambast.model.MambaST._decode_pixels = torch.compiler.disable(mambast.model.MambaST._decode_pixels)
+    return torch.compile(model.stylize)
 
 
 def bench_inputs(height: int, width: int):
@@ -116,6 +138,7 @@ def measure(variant: str, size: tuple[int, int], repeats: int, threads: int) -> 
     content, style = bench_inputs(*size)
     if variant.startswith("ours"):
         model = build_model("chunked" if variant == "ours, chunked scan" else None)
+        stylize = compiled_stylize(model) if variant == COMPILED else model.stylize
     else:
         import mambast.model
 
@@ -125,10 +148,11 @@ def measure(variant: str, size: tuple[int, int], repeats: int, threads: int) -> 
         model = build_model("reference")
         decode = model.decode
         model.decode = lambda features, size=None: decode(features.contiguous(), size)
+        stylize = model.stylize
     vgg = vgg_encoder() if variant == "reference forward" else None
 
     def run():
-        stylized = model.stylize(content, style, seed=0)
+        stylized = stylize(content, style, seed=0)
         if vgg is not None:
             content_identity = model.stylize(content, content, seed=0)
             style_identity = model.stylize(style, style, seed=0)
@@ -136,7 +160,7 @@ def measure(variant: str, size: tuple[int, int], repeats: int, threads: int) -> 
 
     if variant.startswith("ours"):
         with torch.inference_mode():
-            model.stylize(content, style, seed=0)  # warm-up: Numba compiles its kernel or loads it from its cache
+            stylize(content, style, seed=0)  # warm-up: Numba (and torch.compile) compile, or load their caches
     return {"variant": variant, "scan": model.scan_backend, **timed_runs(run, repeats)}
 
 
@@ -178,12 +202,29 @@ def breakdown(size: tuple[int, int], repeats: int, threads: int) -> None:
         print(f"  {name:<58} {median([r[name] for r in rows]):6.2f} s")
 
 
+def parse_variants(text: str) -> list[str]:
+    """The variants named in a comma-separated list (names may hold commas themselves)."""
+    known = VARIANTS + (COMPILED,)
+    pieces = [piece.strip() for piece in text.split(",") if piece.strip()]
+    chosen, start = [], 0
+    while start < len(pieces):
+        for end in range(len(pieces), start, -1):  # the longest known name first
+            if ", ".join(pieces[start:end]) in known:
+                chosen.append(", ".join(pieces[start:end]))
+                start = end
+                break
+        else:
+            raise SystemExit(f"unknown variant {pieces[start]!r}; choose from: {'; '.join(known)}")
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs="+", default=[512], help="H [W] of content and style")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated subset of {VARIANTS + (COMPILED,)}")
     parser.add_argument("--breakdown", action="store_true",
                         help="only print where the time of our stylize goes (scans, CNN decoder, rest)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -195,7 +236,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(measure(args.worker, size, args.repeats, args.threads)))
         return
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants = parse_variants(args.variants)
     common = ("--size", str(size[0]), str(size[1]), "--repeats", str(args.repeats), "--threads", str(args.threads))
     results = {v: run_isolated(Path(__file__), "--worker", v, *common) for v in variants}
     print(f"stylize {size[1]}x{size[0]}, random 3+3-layer weights, float32, batch 1, {args.threads} threads, "

@@ -1,108 +1,272 @@
-"""``stylize`` replayed from CUDA graphs: the same kernels without the per-launch CPU cost.
+"""Repeated stages replayed from CUDA graphs: the same kernels without the per-launch CPU cost.
 
 At 512 px one stylization is about a thousand small kernel launches. On a fast GPU the CPU
 issuing them takes longer than the GPU running them, so a plain call waits on Python. A CUDA
-graph records the launches once per input shape and replays them with one call.
+graph records the launches of one call and replays them with one call.
 
-What stays fixed in a graph: the shapes, dtypes and device of the inputs, and where the model's
-weights live (a graph reads them in place). The runner checks the weights' addresses on every
-call and captures anew when the model was moved or reloaded. What does not: the pixels, and the
-seed. The style permutations are drawn on the CPU as usual (same
-draw as :meth:`MambaST.stylize`) and copied into the graph's own buffers before each replay, so
-any seed gives the image the plain call gives. Each captured shape keeps its activations in
-its own memory pool; ``max_graphs`` bounds how many are kept.
+:class:`StageGraphs` does that for the model's four stages (content encoder, style encoder, MSTD,
+CNN decoder), each keyed by its inputs' shapes, strides and dtypes: a stage is run plainly the
+first time a shape comes (``captures_after``), and from the next time its launches are recorded
+once and replayed. Batches and video frames, which repeat one shape, replay; a one-off call costs
+nothing extra. Everything between the stages (padding, the style permutations drawn on the CPU
+from the seed, strength and temporal smoothing) runs as usual, so a replay gives the plain call's
+output to the last bit: the same kernels read the same values (each call's inputs are copied
+into the graph's own input buffers; its output is copied out).
 
-Off CUDA (CPU, MPS) the runner simply calls :meth:`MambaST.stylize`.
+What a graph fixes: the shapes and where the model's weights live (a graph reads them in
+place). The weights' addresses are checked on every call and the graphs recorded anew when the
+model was moved. All graphs of one :class:`StageGraphs` share one memory pool; they are dropped
+with it (the nodes keep one per run). Where recording fails, that stage runs plainly from then
+on, with a warning. Off CUDA, and wherever gradients are recorded, every stage runs plainly.
+
+The model's stages call :func:`replay_stage`; a :class:`StageGraphs` takes effect inside its
+:meth:`~StageGraphs.active` block (this thread only).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+import contextlib
+import contextvars
+import dataclasses
+import logging
+import os
+import weakref
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 
-from .imaging import padded_size
-from .model import MambaST
+from .progress import cancel_point, counting_ticks, tick
+
+if TYPE_CHECKING:
+    from .model import MambaST
+
+log = logging.getLogger(__name__)
+
+ENV_VARIABLE = "MAMBAST_CUDA_GRAPHS"  # "0" keeps every stage plain (the nodes' switch)
+
+_active: contextvars.ContextVar[Optional["StageGraphs"]] = contextvars.ContextVar("mambast_graphs", default=None)
 
 
-@dataclass
-class _Captured:
-    graph: "torch.cuda.CUDAGraph"
-    content: torch.Tensor
-    style: torch.Tensor
-    permutations: list[torch.Tensor]
-    output: torch.Tensor
+_side_streams: dict[torch.device, "torch.cuda.Stream"] = {}
+
+
+def _side_stream(device: torch.device) -> "torch.cuda.Stream":
+    """One warm-up stream per device, for the process: PyTorch caches freed memory per stream, so
+    a new stream for every recording would keep each warm-up's activations cached apart."""
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    if device not in _side_streams:
+        _side_streams[device] = torch.cuda.Stream(device)
+    return _side_streams[device]
+
+
+class CudaGraphs:
+    """torch.cuda's graphs: what :class:`StageGraphs` records with (tests give a stand-in)."""
+
+    def applies(self, device: torch.device) -> bool:
+        return device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
+
+    def new_pool(self, device: torch.device) -> Any:
+        return torch.cuda.graph_pool_handle()
+
+    def warm_up(self, device: torch.device, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``run()`` on a side stream, as recording requires (lazy initialisation, kernel
+        compilation done outside the recording); its output, copied on the current stream."""
+        current = torch.cuda.current_stream(device)
+        side = _side_stream(device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            output = run()
+        current.wait_stream(side)
+        return output.clone()  # memory of the current stream: the side stream's is free again
+
+    def capture(self, device: torch.device, run: Callable[[], torch.Tensor], pool: Any) -> tuple[Any, torch.Tensor]:
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: another thread of the host (a ComfyUI server) using CUDA meanwhile is not an error
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            output = run()
+        return graph, output
+
+    def replay(self, graph: Any) -> None:
+        graph.replay()
+
+
+@dataclasses.dataclass
+class _Recorded:
+    graph: Any
+    inputs: list[torch.Tensor | None]  # the graph's input buffers, refilled before each replay
+    output: torch.Tensor  # the graph's output buffer, overwritten by each replay
+    ticks: int  # progress ticks one plain run of the stage makes
+    weights: tuple[int, ...]
+
+
+def _layout(tensor: torch.Tensor | None) -> tuple | None:
+    if tensor is None:
+        return None
+    return tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device
+
+
+def _dense(tensor: torch.Tensor | None) -> bool:
+    """Whether a buffer of exactly ``tensor``'s strides can hold it (no broadcast or gaps)."""
+    return tensor is None or tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)
+
+
+def _buffer(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """A copy of ``tensor`` with its strides, as an ordinary tensor (refillable in and out of
+    inference mode)."""
+    if tensor is None:
+        return None
+    with torch.inference_mode(False):
+        return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype,
+                                   device=tensor.device).copy_(tensor)
+
+
+class StageGraphs:
+    """Records a stage's launches the ``captures_after + 1``-th time its shapes come, and replays them.
+
+    ``max_graphs`` bounds the graphs kept (each holds its activations); once reached, new shapes
+    run plainly rather than evict a graph that may come again (seam smoothing and tiles cycle
+    through more shapes than that). Not thread-safe: one per thread.
+    """
+
+    def __init__(self, captures_after: int = 1, max_graphs: int = 16, graphs: CudaGraphs | None = None):
+        self.captures_after = captures_after
+        self.max_graphs = max_graphs
+        self.graphs = graphs or CudaGraphs()
+        self._recorded: dict[tuple, _Recorded] = {}
+        self._calls: Counter = Counter()
+        self._failed: set[tuple] = set()
+        self._pool: Any = None
+        self._parameters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its parameters
+        self.replays = 0
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator["StageGraphs"]:
+        """The model's stages replay from these graphs inside the block (this thread)."""
+        token = _active.set(self)
+        try:
+            yield self
+        finally:
+            _active.reset(token)
+
+    @property
+    def recorded(self) -> int:
+        return len(self._recorded)
+
+    def clear(self) -> None:
+        """Drop every graph (their memory goes back to PyTorch's cache)."""
+        self._recorded.clear()
+        self._calls.clear()
+        self._pool = None
+
+    def run(self, model: "MambaST", name: str, stage: Callable[..., torch.Tensor], inputs: tuple, key: Any = None
+            ) -> torch.Tensor:
+        """``stage(*inputs)`` (tensors or None on the model's device; ``key``: what else fixes the
+        launches, e.g. the token grid), replayed when these inputs' layout came before."""
+        device = model.device
+        if torch.is_grad_enabled() or not self.graphs.applies(device) or not all(map(_dense, inputs)):
+            return stage(*inputs)
+        try:
+            return self._run(model, device, name, stage, inputs, key)
+        except torch.cuda.OutOfMemoryError:
+            self.clear()  # the graphs' memory goes back for the caller's retry in tiles
+            raise
+
+    def _run(self, model: "MambaST", device: torch.device, name: str, stage: Callable[..., torch.Tensor],
+             inputs: tuple, key: Any) -> torch.Tensor:
+        signature = (id(model), name, key, tuple(_layout(t) for t in inputs))
+        weights = self._weights(model)
+        recorded = self._recorded.get(signature)
+        if recorded is not None and recorded.weights != weights:  # moved or reloaded: every graph is stale
+            self.clear()
+            recorded = None
+        if recorded is not None:
+            return self._replay(recorded, inputs)
+        self._calls[signature] += 1
+        if (signature in self._failed or self._calls[signature] <= self.captures_after
+                or len(self._recorded) >= self.max_graphs):
+            return stage(*inputs)
+        return self._record(signature, device, stage, inputs, weights, name)
+
+    def _weights(self, model: "MambaST") -> tuple[int, ...]:
+        # Moving a module swaps its parameters' data, not the Parameter objects: listed once.
+        parameters = self._parameters.get(model)
+        if parameters is None:
+            parameters = self._parameters[model] = list(model.parameters())
+        return tuple(parameter.data_ptr() for parameter in parameters)
+
+    def _replay(self, recorded: _Recorded, inputs: tuple) -> torch.Tensor:
+        cancel_point()
+        for buffer, tensor in zip(recorded.inputs, inputs):
+            if buffer is not None:
+                buffer.copy_(tensor)
+        self.graphs.replay(recorded.graph)
+        self.replays += 1
+        for _ in range(recorded.ticks):  # the progress the plain run would have made
+            tick()
+        return recorded.output.clone()
+
+    def _record(self, signature: tuple, device: torch.device, stage: Callable[..., torch.Tensor], inputs: tuple,
+                weights: tuple[int, ...], name: str) -> torch.Tensor:
+        buffers = [_buffer(t) for t in inputs]
+        with counting_ticks(forward=True) as plain:  # this call's own progress and Cancel checks
+            output = self.graphs.warm_up(device, lambda: stage(*buffers))
+        if self._pool is None:
+            self._pool = self.graphs.new_pool(device)
+        try:
+            with counting_ticks(forward=False):
+                graph, graph_output = self.graphs.capture(device, lambda: stage(*buffers), self._pool)
+        except Exception as error:  # noqa: BLE001 - any failure to record leaves the plain path
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                self.clear()
+            self._failed.add(signature)
+            log.warning("MambaST: the %s could not be recorded as a CUDA graph (%s: %s); it runs without one.",
+                        name, type(error).__name__, error)
+            return output
+        self._recorded[signature] = _Recorded(graph, buffers, graph_output, plain.ticks, weights)
+        return output
+
+
+def replay_stage(model: "MambaST", name: str, stage: Callable[..., torch.Tensor], *inputs: torch.Tensor | None,
+                 key: Any = None) -> torch.Tensor:
+    """``stage(*inputs)``, through the :class:`StageGraphs` active in this thread if any."""
+    graphs = _active.get()
+    if graphs is None:
+        return stage(*inputs)
+    return graphs.run(model, name, stage, inputs, key)
+
+
+def enabled_on(device: torch.device) -> bool:
+    """Whether runs on ``device`` replay repeated stages: CUDA devices, unless ``MAMBAST_CUDA_GRAPHS=0``."""
+    return device.type == "cuda" and os.environ.get(ENV_VARIABLE, "1").strip() != "0"
+
+
+@contextlib.contextmanager
+def replaying_repeats(device: torch.device) -> Iterator[StageGraphs | None]:
+    """Repeated stages replay from graphs inside the block when :func:`enabled_on` ``device``;
+    the graphs are dropped at its end."""
+    if not enabled_on(device):
+        yield None
+        return
+    graphs = StageGraphs()
+    try:
+        with graphs.active():
+            yield graphs
+    finally:
+        graphs.clear()
 
 
 class GraphedStylize:
-    """``GraphedStylize(model)(content, style, seed)`` == ``model.stylize(content, style, seed)``.
-
-    Inference only (the replay records no autograd). Not thread-safe: one runner per thread.
+    """``GraphedStylize(model)(content, style, seed)`` == ``model.stylize(content, style, seed)``,
+    its stages recorded the first time a shape comes and replayed after (CUDA only; elsewhere
+    the plain call). Keeps its graphs between calls. Inference only; one per thread.
     """
 
-    def __init__(self, model: MambaST, max_graphs: int = 4, warmup: int = 2):
+    def __init__(self, model: "MambaST", max_graphs: int = 16):
         self.model = model
-        self.max_graphs = max_graphs
-        self.warmup = warmup
-        self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
-        self._weights: tuple[int, ...] = ()
+        self.stages = StageGraphs(captures_after=0, max_graphs=max_graphs)
 
     def __call__(self, content: torch.Tensor, style: torch.Tensor, seed: int | None = None,
                  shuffle: bool = True) -> torch.Tensor:
-        model = self.model
-        with torch.inference_mode():
-            if model.device.type != "cuda":
-                return model.stylize(content, style, seed=seed, shuffle=shuffle)
-            return self._replay(content, style, seed, shuffle)
-
-    def _replay(self, content: torch.Tensor, style: torch.Tensor, seed: int | None, shuffle: bool) -> torch.Tensor:
-        model = self.model
-        weights = tuple(parameter.data_ptr() for parameter in model.parameters())
-        if weights != self._weights:  # moved or reloaded: every graph would read stale memory
-            self._graphs.clear()
-            self._weights = weights
-        content, style = content.to(model.device), style.to(model.device)
-        key = (tuple(content.shape), tuple(style.shape), content.dtype, style.dtype, shuffle)
-        captured = self._graphs.get(key)
-        if captured is None:
-            captured = self._capture(content, style, shuffle)
-            self._graphs[key] = captured
-            while len(self._graphs) > self.max_graphs:
-                self._graphs.popitem(last=False)
-        self._graphs.move_to_end(key)
-        captured.content.copy_(content)
-        captured.style.copy_(style)
-        if shuffle:
-            tokens = captured.permutations[0].shape[0]
-            for buffer, permutation in zip(captured.permutations, model.permutations(tokens, seed, True)):
-                buffer.copy_(permutation)
-        captured.graph.replay()
-        return captured.output.clone()
-
-    def _capture(self, content: torch.Tensor, style: torch.Tensor, shuffle: bool) -> _Captured:
-        model = self.model
-        with torch.inference_mode(False):  # buffers refilled before every replay: ordinary tensors
-            static_content, static_style = content.clone(), style.clone()
-            patch = model.config.patch_size
-            height, width = padded_size(content.shape[2], content.shape[3], patch)
-            permutations = ([p.clone() for p in model.permutations((height // patch) * (width // patch), 0, True)]
-                            if shuffle else [None] * model.config.decoder_layers)
-
-        def run() -> torch.Tensor:
-            encoded = model.encode_content(static_content)
-            style_encoding = model.encode_style(static_style, encoded.padded_size)
-            features = model.fuse(encoded, style_encoding, permutations=permutations)
-            return model.decode(features, encoded.image_size)
-
-        # Warm up on a side stream (as CUDA graphs require): kernels compiled, caches filled.
-        side = torch.cuda.Stream(model.device)
-        side.wait_stream(torch.cuda.current_stream(model.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                run()
-        torch.cuda.current_stream(model.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            output = run()
-        return _Captured(graph, static_content, static_style, permutations if shuffle else [], output)
+        with torch.inference_mode(), self.stages.active():
+            return self.model.stylize(content, style, seed=seed, shuffle=shuffle)

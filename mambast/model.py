@@ -11,6 +11,7 @@ from torch import nn
 from . import scan as scan_backends
 from .blocks import SCAN_PARAMETERS, SS2D, MambaBody, PatchEmbedding, build_cnn_decoder
 from .config import MambaSTConfig
+from .cuda_graphs import replay_stage
 from .imaging import check_image, pad_to_multiple, padded_size
 from .progress import cancel_point, tick
 from .seams import on_grids
@@ -150,6 +151,13 @@ class MambaST(nn.Module):
         # contiguous once here: the first block's norm would copy it anyway, and every pass after reads it densely
         return features.flatten(2).transpose(1, 2).contiguous(), grid
 
+    def _encode(self, name: str, encoder: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Padded images (B, 3, H, W) -> ``encoder``'s tokens (B, L, d_model) and their grid (h, w)."""
+        image = image.to(self.device)
+        patch = self.config.patch_size
+        grid = (image.shape[2] // patch, image.shape[3] // patch)
+        return replay_stage(self, name, lambda padded: encoder(*self._embed(padded)), image), grid
+
     def encode_content(self, image: torch.Tensor) -> ContentEncoding:
         """Encode content images (B, 3, H, W) in 0..1, any H, W >= 8.
 
@@ -157,8 +165,7 @@ class MambaST(nn.Module):
         """
         check_image(image, "content")
         patch = self.config.patch_size
-        tokens, grid = self._embed(pad_to_multiple(image, patch))
-        tokens = self.mamba.encoder_c(tokens, grid)
+        tokens, grid = self._encode("content encoder", self.mamba.encoder_c, pad_to_multiple(image, patch))
         return ContentEncoding(tokens, grid, tuple(image.shape[-2:]), patch)
 
     def encode_style(self, image: torch.Tensor, size: tuple[int, int] | None = None,
@@ -176,8 +183,7 @@ class MambaST(nn.Module):
         target = tuple(size) if size is not None else padded_size(*image.shape[-2:], patch)
         if target[0] % patch or target[1] % patch:
             raise ValueError(f"style size {target} must be a multiple of the patch size {patch}.")
-        tokens, grid = self._embed(fit_style_image(image, target, scale))
-        tokens = self.mamba.encoder_s(tokens, grid)
+        tokens, grid = self._encode("style encoder", self.mamba.encoder_s, fit_style_image(image, target, scale))
         return StyleEncoding(tokens, grid, image, GridCache({grid: tokens}), scale)
 
     def style_on_grid(self, style: StyleSource, content: ContentEncoding,
@@ -222,18 +228,22 @@ class MambaST(nn.Module):
         One style is used for every content image, or styles pair with contents one to one.
         All images of the batch share one permutation per layer, drawn from ``seed`` (None
         draws a fresh one, kept in ``last_seed``); ``shuffle=False`` keeps the style in place.
-        ``permutations`` (one per decoder layer, on the model's device) replaces the draw: a CUDA
-        graph reads them from fixed buffers (:mod:`mambast.cuda_graphs`).
+        ``permutations`` (one per decoder layer, on the model's device) replaces the draw.
         """
         pair_batches(content.tokens.shape[0], style.batch_size)
         style_tokens = self.style_on_grid(style, content)
         content = ContentEncoding(content.tokens.to(self.device), content.grid, content.image_size, content.patch_size)
-        if style_tokens.shape[0] != content.tokens.shape[0]:
-            style_tokens = style_tokens.expand(content.tokens.shape[0], -1, -1)
         if permutations is None:
             permutations = self.permutations(content.tokens.shape[1], seed, shuffle)
-        fused = self.mamba.decoder(content.tokens, style_tokens, content.grid, permutations)
         height, width = content.grid
+
+        def mstd(content_tokens: torch.Tensor, style_tokens: torch.Tensor, *permutations: torch.Tensor | None
+                 ) -> torch.Tensor:
+            if style_tokens.shape[0] != content_tokens.shape[0]:  # one style for every content image
+                style_tokens = style_tokens.expand(content_tokens.shape[0], -1, -1)
+            return self.mamba.decoder(content_tokens, style_tokens, content.grid, list(permutations))
+
+        fused = replay_stage(self, "MSTD", mstd, content.tokens, style_tokens, *permutations, key=content.grid)
         # A channels-last view of the tokens: no copy, and the layout the CNN decoder runs fastest in.
         return fused.reshape(fused.shape[0], height, width, -1).permute(0, 3, 1, 2)
 
@@ -242,7 +252,13 @@ class MambaST(nn.Module):
 
         ``size`` (H, W) crops the result, e.g. to ``ContentEncoding.image_size``.
         """
-        image = features.to(device=self.device, dtype=self.dtype)
+        image = replay_stage(self, "CNN decoder", self._decode_pixels, features.to(device=self.device, dtype=self.dtype))
+        if size is not None:
+            image = image[..., : size[0], : size[1]]
+        return image
+
+    def _decode_pixels(self, image: torch.Tensor) -> torch.Tensor:
+        """The CNN decoder's layers on features of the model's device and dtype: float32 pixels."""
         stages = decoder_stages(self.decoder)
         cancel_point()
         if stages is not None and image.device.type == "cpu" and image.dtype == torch.float32 and nnpack_available():
@@ -258,10 +274,7 @@ class MambaST(nn.Module):
                     tick()
                 else:  # at full resolution an upsampling or padding alone takes a moment
                     cancel_point()
-        image = image.float().contiguous()
-        if size is not None:
-            image = image[..., : size[0], : size[1]]
-        return image
+        return image.float().contiguous()
 
     def stylize(self, content: torch.Tensor, style: torch.Tensor, seed: int | None = None,
                 shuffle: bool = True, seam_smoothing: int = 0) -> torch.Tensor:

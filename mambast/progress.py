@@ -54,6 +54,36 @@ def progress_callback(on_tick: Callable[[], None] | None, on_replan: Callable[[i
         _callbacks.reset(token)
 
 
+class TickCount:
+    """How many ticks a :func:`counting_ticks` block made."""
+
+    def __init__(self):
+        self.ticks = 0
+
+
+@contextlib.contextmanager
+def counting_ticks(forward: bool) -> Iterator[TickCount]:
+    """Count the ticks made inside the block; pass them and the Cancel checks on to the installed
+    callbacks only when ``forward`` (else the block runs silent and cannot be cancelled).
+
+    A CUDA graph is recorded from a silent run and replays without Python: the count is what a
+    replay then reports (:mod:`mambast.cuda_graphs`).
+    """
+    on_tick, on_replan, on_check = _callbacks.get()
+    count = TickCount()
+
+    def counted() -> None:
+        count.ticks += 1
+        if forward and on_tick is not None:
+            on_tick()
+
+    token = _callbacks.set((counted, on_replan if forward else None, on_check if forward else None))
+    try:
+        yield count
+    finally:
+        _callbacks.reset(token)
+
+
 class ProgressTracker:
     """Ticks counted against the ticks planned for each image, reported as (done, total).
 

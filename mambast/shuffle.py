@@ -25,7 +25,9 @@ def style_permutations(seed: int, tokens: int, layers: int) -> tuple[torch.Tenso
     counts, and the reference's order among ties is that of the unstable sort.
 
     Cached: a batch of frames fused one by one with one seed draws the permutations once.
-    The returned tensors are shared; do not modify them.
+    The returned tensors are shared; do not modify them. They are ordinary tensors even when
+    first drawn in inference mode, so that a later call recording gradients may index with them.
     """
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    return tuple(torch.argsort(torch.rand(tokens, generator=generator)) for _ in range(layers))
+    with torch.inference_mode(False):
+        return tuple(torch.argsort(torch.rand(tokens, generator=generator)) for _ in range(layers))

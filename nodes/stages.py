@@ -16,6 +16,7 @@ import torch
 from ..mambast import MambaST, load, pair_batches
 from ..mambast.checkpoint import DTYPES
 from ..mambast.colour import match_colour
+from ..mambast.cuda_graphs import replaying_repeats
 from ..mambast.features import fuse_with_strength, smooth_over_time
 from ..mambast.imaging import check_image
 from ..mambast.masking import shows_nothing
@@ -121,7 +122,8 @@ def _running(loaded: LoadedModel, planned: list[int], height: int, width: int, w
     """Load the model for images of H x W (or tiles of that size) and track ``planned`` ticks.
 
     Inside, every progress tick of the model checks ComfyUI's Cancel and moves the bar, whose
-    total is what the run really does (see :class:`ProgressTracker`). An out-of-memory error
+    total is what the run really does (see :class:`ProgressTracker`); on CUDA, stages whose
+    shapes repeat (a batch, video frames) replay from CUDA graphs (:mod:`mambast.cuda_graphs`). An out-of-memory error
     that escapes (the tiled fallback could not help) frees ComfyUI's cache and says what to do.
     """
     model = loaded.model
@@ -135,7 +137,8 @@ def _running(loaded: LoadedModel, planned: list[int], height: int, width: int, w
         tracker.tick()
 
     try:
-        with progress_callback(on_tick, tracker.replan, host.throw_if_interrupted), torch.inference_mode():
+        with progress_callback(on_tick, tracker.replan, host.throw_if_interrupted), torch.inference_mode(), \
+                replaying_repeats(model.device):
             yield tracker
     except Exception as error:
         if not is_out_of_memory(error):

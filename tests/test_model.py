@@ -140,6 +140,19 @@ def test_model_is_differentiable_end_to_end(small_tensors):
     assert model.mamba.decoder.layers[0].self_attention.A_logs.grad.abs().sum() > 0
 
 
+def test_a_seed_drawn_at_inference_serves_a_later_differentiable_run(small_tensors):
+    """The permutations are cached by seed: drawn in inference mode, they must still be usable
+    where autograd saves them (optimising an image through stylize after a preview)."""
+    model = mambast.build(mambast.Checkpoint(small_tensors)).requires_grad_(True)
+    content, style = torch.rand(1, 3, 24, 40), torch.rand(1, 3, 24, 40)
+    with torch.inference_mode():
+        preview = model.stylize(content, style, seed=911)
+    content.requires_grad_(True)
+    out = model.stylize(content, style, seed=911)
+    out.sum().backward()
+    assert content.grad is not None and torch.allclose(out.detach(), preview, atol=1e-5)
+
+
 def test_scan_backend_choice_reaches_every_block(small_tensors):
     model = mambast.build(mambast.Checkpoint(small_tensors), device="cpu", scan="reference")
     assert model.scan_backend == "reference"
