@@ -16,8 +16,8 @@ into the graph's own input buffers; its output is copied out).
 What a graph fixes: the shapes and where the model's weights live (a graph reads them in
 place). The weights' addresses are checked on every call and the graphs recorded anew when the
 model was moved. All graphs of one :class:`StageGraphs` share one memory pool; they are dropped
-with it (the nodes keep one per run). Where recording fails, that stage runs plainly from then
-on, with a warning. Off CUDA, and wherever gradients are recorded, every stage runs plainly.
+with it (the nodes keep one per run), or on running out of memory, after which the stage runs
+again plainly. Where recording fails, that stage runs plainly from then on, with a warning. Off CUDA, and wherever gradients are recorded, every stage runs plainly.
 
 The model's stages call :func:`replay_stage`; a :class:`StageGraphs` takes effect inside its
 :meth:`~StageGraphs.active` block (this thread only).
@@ -90,6 +90,10 @@ class CudaGraphs:
     def replay(self, graph: Any) -> None:
         graph.replay()
 
+    def release(self, device: torch.device) -> None:
+        """Give the memory of dropped graphs (and cached blocks) back to the driver."""
+        torch.cuda.empty_cache()
+
 
 @dataclasses.dataclass
 class _Recorded:
@@ -126,7 +130,9 @@ class StageGraphs:
 
     ``max_graphs`` bounds the graphs kept (each holds its activations); once reached, new shapes
     run plainly rather than evict a graph that may come again (seam smoothing and tiles cycle
-    through more shapes than that). Not thread-safe: one per thread.
+    through more shapes than that). Out of memory while graphs hold some, they are dropped, the
+    stage runs again plainly and nothing more is recorded (:attr:`stopped`). Not thread-safe:
+    one per thread.
     """
 
     def __init__(self, captures_after: int = 1, max_graphs: int = 16, graphs: CudaGraphs | None = None):
@@ -139,6 +145,7 @@ class StageGraphs:
         self._pool: Any = None
         self._parameters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its parameters
         self.replays = 0
+        self.stopped = False  # set on running out of memory: nothing more is recorded
 
     @contextlib.contextmanager
     def active(self) -> Iterator["StageGraphs"]:
@@ -169,8 +176,17 @@ class StageGraphs:
         try:
             return self._run(model, device, name, stage, inputs, key)
         except torch.cuda.OutOfMemoryError:
-            self.clear()  # the graphs' memory goes back for the caller's retry in tiles
-            raise
+            if self._pool is None:  # no graph held memory: a plain run fails alike (the caller tiles)
+                raise
+        # The graphs' memory may be what was missing: dropped, and no more recorded in this run.
+        self._out_of_memory(device)
+        return stage(*inputs)
+
+    def _out_of_memory(self, device: torch.device) -> None:
+        self.clear()
+        self.stopped = True
+        self.graphs.release(device)
+        log.warning("MambaST: out of GPU memory with CUDA graphs; this run goes on without them.")
 
     def _run(self, model: "MambaST", device: torch.device, name: str, stage: Callable[..., torch.Tensor],
              inputs: tuple, key: Any) -> torch.Tensor:
@@ -183,7 +199,7 @@ class StageGraphs:
         if recorded is not None:
             return self._replay(recorded, inputs)
         self._calls[signature] += 1
-        if (signature in self._failed or self._calls[signature] <= self.captures_after
+        if (self.stopped or signature in self._failed or self._calls[signature] <= self.captures_after
                 or len(self._recorded) >= self.max_graphs):
             return stage(*inputs)
         return self._record(signature, device, stage, inputs, weights, name)
@@ -218,7 +234,8 @@ class StageGraphs:
                 graph, graph_output = self.graphs.capture(device, lambda: stage(*buffers), self._pool)
         except Exception as error:  # noqa: BLE001 - any failure to record leaves the plain path
             if isinstance(error, torch.cuda.OutOfMemoryError):
-                self.clear()
+                self._out_of_memory(device)
+                return output
             self._failed.add(signature)
             log.warning("MambaST: the %s could not be recorded as a CUDA graph (%s: %s); it runs without one.",
                         name, type(error).__name__, error)

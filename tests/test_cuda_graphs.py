@@ -27,14 +27,19 @@ class _Recording:
 class ReplayingStandIn(CudaGraphs):
     """torch.cuda's graphs played on the CPU: a replay reruns the recorded call without Python's progress."""
 
-    def __init__(self, fail: bool = False, silently=counting_ticks):
+    def __init__(self, fail: bool = False, silently=counting_ticks, out_of_memory_at_replay: int = 0):
         self.fail = fail
+        self.out_of_memory_at_replay = out_of_memory_at_replay  # the n-th replay fails as on a full card
+        self.released = 0
         self.silently = silently  # the progress module's, of the package the model comes from
         self.captures = 0
         self.replays = 0
 
     def applies(self, device):
         return True
+
+    def release(self, device):
+        self.released += 1
 
     def new_pool(self, device):
         return object()
@@ -51,6 +56,8 @@ class ReplayingStandIn(CudaGraphs):
 
     def replay(self, graph):
         self.replays += 1
+        if self.replays == self.out_of_memory_at_replay:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
         with self.silently(forward=False):  # a graph replays kernels, not Python
             graph.output.copy_(graph.run())
 
@@ -148,6 +155,31 @@ def test_a_stage_that_cannot_be_recorded_runs_plainly_with_one_warning(small_mod
     assert graphs.recorded == 0 and stand_in.captures == 3  # content encoder, MSTD, CNN decoder; tried once each
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 3 and "could not be recorded as a CUDA graph" in warnings[0]
+
+
+def test_out_of_memory_with_graphs_drops_them_and_goes_on_without(small_model, caplog):
+    content, style = frames(5)
+    expected, ticks, _, _ = run_with_progress(small_model, content, style, Controls(seed=2))
+    stand_in = ReplayingStandIn(out_of_memory_at_replay=2)
+    graphs = StageGraphs(graphs=stand_in)
+    with caplog.at_level(logging.WARNING, logger="mambast.cuda_graphs"):
+        got, graphed_ticks, _, _ = run_with_progress(small_model, content, style, Controls(seed=2), graphs)
+    assert torch.equal(got, expected) and graphed_ticks >= ticks
+    assert graphs.stopped and graphs.recorded == 0 and stand_in.released == 1
+    assert stand_in.captures == 3  # recorded once each on the second frame; nothing after the error
+    assert ["out of GPU memory" in r.getMessage() for r in caplog.records] == [True]
+
+
+def test_out_of_memory_without_graphs_is_the_callers_to_handle(small_model, monkeypatch):
+    graphs = StageGraphs(graphs=ReplayingStandIn())
+    content, _ = images(40, 48, 0)
+
+    def full(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(small_model.mamba.encoder_c, "forward", full)
+    with torch.inference_mode(), graphs.active(), pytest.raises(torch.cuda.OutOfMemoryError):
+        small_model.encode_content(content)
 
 
 def test_at_most_max_graphs_are_kept_and_none_is_evicted(small_model):
