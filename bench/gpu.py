@@ -285,8 +285,8 @@ def compile_figure(device, results: dict, size: int = 512) -> None:
     results["compile"] = rows
 
 
-def profile_figure(device, results: dict) -> None:
-    """Where the bfloat16 512 px time goes on the GPU: the kernels by total time."""
+def profile_figure(device, results: dict, dtype_name: str = "bfloat16") -> None:
+    """Where the 512 px time goes on the GPU: the kernels by total time."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -295,8 +295,9 @@ def profile_figure(device, results: dict) -> None:
     from stylize import bench_inputs
 
     model = mambast.build(mambast.Checkpoint(random_official_tensors(seed=0)), device=device,
-                          dtype=torch.bfloat16, scan="triton")
+                          dtype=getattr(torch, dtype_name), scan="triton")
     content, style = (t.to(device) for t in bench_inputs(512, 512))
+    print(f"profile, 512 px {dtype_name}:")
     with torch.inference_mode():
         for _ in range(3):
             model.stylize(content, style, seed=0)
@@ -307,7 +308,7 @@ def profile_figure(device, results: dict) -> None:
             torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18)
     print(table)
-    results["profile"] = table
+    results[f"profile_{dtype_name}"] = table
 
 
 def main() -> None:
@@ -345,6 +346,7 @@ def main() -> None:
         compile_figure(device, results)
     if "profile" in figures:
         profile_figure(device, results)
+        profile_figure(device, results, "float32")
     results["seconds"] = time.perf_counter() - started
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
