@@ -141,6 +141,17 @@ def stylize_figures(device, repeats: int, results: dict) -> None:
     reference = measure("512 float32, chunked scan", torch.float32, scan="chunked", runs=3)
     kernel32 = measure("512 float32, triton scan", torch.float32)
     results["float32_triton_vs_chunked_max_abs"] = float((kernel32 - reference).abs().max())
+    # TF32 matrix products (10-bit mantissas in the dense layers' products): how much of the float32
+    # time is the dense layers, and what it costs in the picture; PyTorch's default is off.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        tf32 = measure("512 float32, TF32 products", torch.float32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    results["tf32_vs_float32"] = {"max_abs": float((tf32 - kernel32).abs().max()),
+                                  "mean_abs": float((tf32 - kernel32).abs().mean())}
+    print(f"  TF32 vs float32: max abs {results['tf32_vs_float32']['max_abs']:.4f}, "
+          f"mean abs {results['tf32_vs_float32']['mean_abs']:.5f}")
     for dtype in (torch.bfloat16, torch.float16):
         out = measure(f"512 {str(dtype)[6:]}, triton scan", dtype)
         difference = (out - kernel32).abs()
