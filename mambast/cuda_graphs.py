@@ -17,7 +17,8 @@ What a graph fixes: the shapes and where the model's weights live (a graph reads
 place). The weights' addresses are checked on every call and the graphs recorded anew when the
 model was moved. All graphs of one :class:`StageGraphs` share one memory pool; they are dropped
 with it (the nodes keep one per run), or on running out of memory, after which the stage runs
-again plainly. Where recording fails, that stage runs plainly from then on, with a warning. Off CUDA, and wherever gradients are recorded, every stage runs plainly.
+again plainly. Where recording fails, that stage runs plainly from then on, with a warning.
+Off CUDA, and wherever gradients are recorded, every stage runs plainly.
 
 The model's stages call :func:`replay_stage`; a :class:`StageGraphs` takes effect inside its
 :meth:`~StageGraphs.active` block (this thread only).

@@ -145,8 +145,9 @@ class MambaST(nn.Module):
 
     # -- stages -----------------------------------------------------------------------------
     def _embed(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, 3, H, W) with H, W multiples of the patch -> tokens (B, L, d_model) and grid (h, w)."""
-        features = self.embedding(image.to(self.device))
+        """(B, 3, H, W) on the model's device, H, W multiples of the patch -> tokens (B, L, d_model)
+        and grid (h, w)."""
+        features = self.embedding(image)
         grid = (features.shape[2], features.shape[3])
         # contiguous once here: the first block's norm would copy it anyway, and every pass after reads it densely
         return features.flatten(2).transpose(1, 2).contiguous(), grid
@@ -252,7 +253,8 @@ class MambaST(nn.Module):
 
         ``size`` (H, W) crops the result, e.g. to ``ContentEncoding.image_size``.
         """
-        image = replay_stage(self, "CNN decoder", self._decode_pixels, features.to(device=self.device, dtype=self.dtype))
+        features = features.to(device=self.device, dtype=self.dtype)
+        image = replay_stage(self, "CNN decoder", self._decode_pixels, features)
         if size is not None:
             image = image[..., : size[0], : size[1]]
         return image

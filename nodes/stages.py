@@ -123,8 +123,9 @@ def _running(loaded: LoadedModel, planned: list[int], height: int, width: int, w
 
     Inside, every progress tick of the model checks ComfyUI's Cancel and moves the bar, whose
     total is what the run really does (see :class:`ProgressTracker`); on CUDA, stages whose
-    shapes repeat (a batch, video frames) replay from CUDA graphs (:mod:`mambast.cuda_graphs`). An out-of-memory error
-    that escapes (the tiled fallback could not help) frees ComfyUI's cache and says what to do.
+    shapes repeat (a batch, video frames) replay from CUDA graphs (:mod:`mambast.cuda_graphs`).
+    An out-of-memory error that escapes (the tiled fallback could not help) frees ComfyUI's
+    cache and says what to do.
     """
     model = loaded.model
     host.load_for_inference(loaded.patcher, activation_bytes(model.config, height, width,
