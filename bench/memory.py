@@ -14,8 +14,9 @@ measured table (tests/test_resources.py).
 ``--breakdown`` follows one fresh process from the interpreter to the end of a second stylization
 and prints the resident memory each step adds (PyTorch, this package, Numba's compiled scan
 kernel and fused passes, the weights read from a .safetensors file by ``mambast.load``, the
-inputs), each stage's peak above what was resident when it started and what it leaves behind (its result, and for the CNN decoder NNPACK's workspace, which is never freed), and
-the process's peak.
+inputs), each stage's peak above what was resident when it started and what it leaves behind
+(its result, and for the CNN decoder NNPACK's workspace, which is never freed), and the
+process's peak.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def load_fused_passes() -> None:
         fused.skip_norm(rows, rows, torch.ones(8), norm, True)
         image = torch.rand(1, 2, 3, 4)
         fused.gather_band(image, torch.tensor([1, 0, 1]), 2)
-        fused.gather_band(image.contiguous(memory_format=torch.channels_last), torch.tensor([1, 0, 1]), 1)
+
 
 def measure(side: int, threads: int) -> dict:
     import torch

@@ -406,6 +406,11 @@ def check_finite(checkpoint: Checkpoint) -> None:
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``float32``: the name :data:`DTYPES` and the reports use."""
+    return str(dtype).removeprefix("torch.")
+
+
 def convert_to_safetensors(source: str | os.PathLike, destination: str | os.PathLike,
                            dtype: str = "float32") -> int:
     """Write ``source`` (official folder or file) as one prefixed ``.safetensors``; returns the tensor count.

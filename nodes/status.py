@@ -5,10 +5,9 @@ from __future__ import annotations
 import functools
 import os
 
-import torch
-
 from .. import mambast
 from ..mambast import scan as scan_backends
+from ..mambast.checkpoint import dtype_name
 from . import comfy as host
 from . import stages
 
@@ -58,11 +57,6 @@ def status_report(checkpoint: str | None = None, scan: str = "auto", dtype: str 
     else:
         report["summary"] = f"{head} | not usable: {report['short']}"
     return report
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` -> ``float32``."""
-    return str(dtype).removeprefix("torch.")
 
 
 def short_reason(error: Exception) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import dtype_name
 from ..imaging import IMAGE_SUFFIXES
 
 METRICS_FILE = "metrics.json"
@@ -163,7 +164,7 @@ def stylize_pairs(args: argparse.Namespace, checkpoint: Path, contents: list[Pat
     if not run.written:
         return {"images_timed": 0, "note": "every pair was already on disk; nothing was timed"}
     figures = {"images_timed": run.written, "seconds_per_image": run.model_seconds / run.written,
-               "device": str(device), "dtype": str(model.dtype).replace("torch.", ""), "size": args.size}
+               "device": str(device), "dtype": dtype_name(model.dtype), "size": args.size}
     if device.type == "cuda":
         figures["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         figures["memory_kind"] = "CUDA memory allocated by PyTorch (weights included)"
