@@ -14,7 +14,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mambast.measure import peak_mib, reset_peak, resident_mib  # noqa: E402,F401  (the benchmarks import them from here)
+from mambast.utils.measure import peak_mib, reset_peak, resident_mib  # noqa: E402,F401  (the benchmarks import them from here)
 
 
 def run_isolated(script: Path, *args: str) -> dict:

@@ -12,13 +12,17 @@ consecutive output frames, also given relative to the content's own frame-to-fra
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import mambast
-from mambast.pipeline import Controls, stylize_images
-from mambast.random_weights import random_official_tensors
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mambast  # noqa: E402
+from mambast.network.random_weights import random_official_tensors  # noqa: E402
+from mambast.run.pipeline import Controls, stylize_images  # noqa: E402
 
 
 def moving_sequence(frames: int, size: int) -> torch.Tensor:

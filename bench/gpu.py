@@ -79,8 +79,8 @@ def sweep_tiles(device, results: dict) -> tuple:
     import torch
     import triton.testing
 
-    from mambast.scan.chunked import selective_scan_chunked_directions
-    from mambast.scan.triton_scan import selective_scan_triton_directions
+    from mambast.kernels.scan.chunked import selective_scan_chunked_directions
+    from mambast.kernels.scan.triton_scan import selective_scan_triton_directions
 
     problem = scan_problem(device)
     with torch.inference_mode():
@@ -116,7 +116,7 @@ def stylize_figures(device, repeats: int, results: dict) -> None:
     import torch
 
     import mambast
-    from mambast.random_weights import random_official_tensors
+    from mambast.network.random_weights import random_official_tensors
     from stylize import bench_inputs
 
     tensors = random_official_tensors(seed=0)
@@ -169,13 +169,13 @@ def stylize_figures(device, repeats: int, results: dict) -> None:
 
 
 def graph_figure(device, results: dict) -> None:
-    """stylize replayed from CUDA graphs (mambast.cuda_graphs): the launch gaps' share, and the
+    """stylize replayed from CUDA graphs (mambast.kernels.cuda_graphs): the launch gaps' share, and the
     check that a replay gives the plain call's image for other seeds and pixels."""
     import torch
 
     import mambast
-    from mambast.cuda_graphs import GraphedStylize
-    from mambast.random_weights import random_official_tensors
+    from mambast.kernels.cuda_graphs import GraphedStylize
+    from mambast.network.random_weights import random_official_tensors
     from stylize import bench_inputs
 
     tensors = random_official_tensors(seed=0)
@@ -206,16 +206,16 @@ def graph_figure(device, results: dict) -> None:
 
 def frames_figure(device, results: dict, size: int = 512, count: int = 16, runs: int = 3,
                   dtype_name: str = "float32") -> None:
-    """A batch of video frames through the MambaST Stylize node's path (mambast.pipeline, one
+    """A batch of video frames through the MambaST Stylize node's path (mambast.run.pipeline, one
     frame at a time): plain stages against stages replayed from CUDA graphs as the nodes run them
     (recorded anew in every run, as in every node execution), frames per second, peak allocated
     memory, and the check that both give the same frames to the last bit."""
     import torch
 
     import mambast
-    from mambast.cuda_graphs import StageGraphs
-    from mambast.pipeline import Controls, stylize_images
-    from mambast.random_weights import random_official_tensors
+    from mambast.kernels.cuda_graphs import StageGraphs
+    from mambast.network.random_weights import random_official_tensors
+    from mambast.run.pipeline import Controls, stylize_images
     from stylize import bench_inputs
 
     dtype = getattr(torch, dtype_name)
@@ -265,7 +265,7 @@ def compile_figure(device, results: dict, size: int = 512) -> None:
     import torch
 
     import mambast
-    from mambast.random_weights import random_official_tensors
+    from mambast.network.random_weights import random_official_tensors
     from stylize import bench_inputs
 
     model = mambast.build(mambast.Checkpoint(random_official_tensors(seed=0)), device=device)
@@ -302,7 +302,7 @@ def profile_figure(device, results: dict, dtype_name: str = "bfloat16") -> None:
     from torch.profiler import ProfilerActivity, profile
 
     import mambast
-    from mambast.random_weights import random_official_tensors
+    from mambast.network.random_weights import random_official_tensors
     from stylize import bench_inputs
 
     model = mambast.build(mambast.Checkpoint(random_official_tensors(seed=0)), device=device,
@@ -341,7 +341,7 @@ def main() -> None:
                "capability": list(torch.cuda.get_device_capability(device))}
     print(f"{results['card']}, torch {torch.__version__}, triton {triton.__version__}")
     started = time.perf_counter()
-    import mambast.scan.triton_scan as kernel
+    import mambast.kernels.scan.triton_kernel as kernel
 
     figures = set(args.figures.split(","))
     if "sweep" in figures and not args.skip_sweep:

@@ -1,7 +1,7 @@
 """Peak working memory of a stylization against the estimate handed to ComfyUI.
 
 ComfyUI frees memory (unloading other models) before a node runs, by the amount the node asks
-for: :func:`mambast.resources.activation_bytes`. Too little and the run may not fit; too much
+for: :func:`mambast.run.resources.activation_bytes`. Too little and the run may not fit; too much
 and other users' models are evicted for nothing. This measures, for each size in a fresh
 process, the peak resident memory above what was resident before the run (model and input
 images loaded; CPU, float32, random weights of the released architecture, the nodes' path
@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def load_fused_passes() -> None:
-    """Run each of mambast.fused's compiled passes once on tiny inputs, in the layouts a
+    """Run each of mambast.kernels.fused's compiled passes once on tiny inputs, in the layouts a
     stylization gives them: their machine code is then loaded (from Numba's cache) or compiled."""
     import torch
     from torch import nn
 
-    from mambast import fused
+    from mambast.kernels import fused
 
     with torch.inference_mode():
         grid = torch.rand(1, 3, 3, 8)
@@ -54,8 +54,8 @@ def measure(side: int, threads: int) -> dict:
 
     from _measure import timed_runs
 
-    from mambast.pipeline import Controls, stylize_images
-    from mambast.resources import activation_bytes
+    from mambast.run.pipeline import Controls, stylize_images
+    from mambast.run.resources import activation_bytes
     from stylize import bench_inputs, build_model
 
     torch.set_num_threads(threads)
@@ -71,7 +71,7 @@ def breakdown(side: int, threads: int, checkpoint: str) -> dict:
     import gc
     import importlib.util
 
-    # mambast.measure read without importing the package (which imports PyTorch)
+    # mambast.utils.measure read without importing the package (which imports PyTorch)
     spec = importlib.util.spec_from_file_location("measure", ROOT / "mambast" / "measure.py")
     measure_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(measure_module)
@@ -87,17 +87,17 @@ def breakdown(side: int, threads: int, checkpoint: str) -> dict:
     torch.set_num_threads(threads)
     step("PyTorch")
     import mambast
-    from mambast.scan import numba_available
+    from mambast.kernels.scan import numba_available
 
     step("mambast")
     if numba_available():
-        from mambast.scan.numba_scan import selective_scan_numba
+        from mambast.kernels.scan.numba_scan import selective_scan_numba
 
         tokens = torch.rand(1, 64, 16)
         selective_scan_numba(tokens, tokens, -torch.rand(64, 4), torch.rand(1, 1, 4, 16), torch.rand(1, 1, 4, 16))
         step("Numba, LLVM and the compiled scan kernel")
         load_fused_passes()
-        step("the compiled fused passes (mambast.fused)")
+        step("the compiled fused passes (mambast.kernels.fused)")
     from stylize import bench_inputs
 
     model = mambast.load(checkpoint, device="cpu")
@@ -165,7 +165,7 @@ def main() -> None:
 
         from safetensors.torch import save_file
 
-        from mambast.random_weights import random_official_tensors
+        from mambast.network.random_weights import random_official_tensors
 
         with tempfile.TemporaryDirectory() as folder:
             # the weights come from a file, as in ComfyUI: random ones of the released shapes

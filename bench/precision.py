@@ -6,7 +6,7 @@ Stylizes one image with the released architecture (random weights, the scan in f
 always) with the dense layers in float32 and in bfloat16, each after a warm-up, and prints both
 times, their ratio, the output's max and mean absolute difference (the output's standard
 deviation beside them for scale), whether this CPU has native bfloat16, and the speed-up that
-``mambast.precision.bfloat16_speedup`` measures, which decides what "auto" means here.
+``mambast.run.precision.bfloat16_speedup`` measures, which decides what "auto" means here.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def main() -> None:
     import torch
 
     import mambast
-    from mambast.precision import automatic_dtype, bfloat16_speedup, native_bfloat16
-    from mambast.random_weights import random_official_tensors
+    from mambast.network.random_weights import random_official_tensors
+    from mambast.run.precision import automatic_dtype, bfloat16_speedup, native_bfloat16
 
     torch.set_num_threads(args.threads)
     content, style = bench_inputs(args.size, args.size)

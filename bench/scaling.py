@@ -37,7 +37,7 @@ def measure(height: int, width: int, repeats: int, threads: int, tile: int) -> d
     model = build_model("chunked")
     content, style = bench_inputs(height, width)
     if tile:
-        from mambast.tiling import stylize_tiled
+        from mambast.controls.tiling import stylize_tiled
 
     def run():
         if tile:

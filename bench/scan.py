@@ -43,7 +43,7 @@ def scan_inputs(length: int):
 def measure(backend: str, repeats: int, threads: int, length: int) -> dict:
     import torch
 
-    from mambast.scan import BACKENDS
+    from mambast.kernels.scan import BACKENDS
 
     torch.set_num_threads(threads)
     inputs = scan_inputs(length)
@@ -63,7 +63,7 @@ def main() -> None:
         print(json.dumps(measure(args.worker, args.repeats, args.threads, args.length)))
         return
     common = ("--repeats", str(args.repeats), "--threads", str(args.threads), "--length", str(args.length))
-    from mambast.scan import numba_available
+    from mambast.kernels.scan import numba_available
 
     names = ("reference", "chunked") + (("numba",) if numba_available() else ())
     results = {name: run_isolated(Path(__file__), "--worker", name, *common) for name in names}

@@ -39,7 +39,7 @@ def training_inputs(batch: int, length: int) -> dict:
 def measure(variant: str, batch: int, length: int, repeats: int, threads: int) -> dict:
     import torch
 
-    from mambast.scan.chunked import selective_scan_chunked
+    from mambast.kernels.scan.chunked import selective_scan_chunked
 
     torch.set_num_threads(threads)
     inputs = training_inputs(batch, length)

@@ -37,7 +37,7 @@ def contents(size: int, path: str | None):
     import torch
     import torch.nn.functional as F
 
-    from mambast.imaging import read_image, resize_shorter_side
+    from mambast.utils.imaging import read_image, resize_shorter_side
 
     generator = torch.Generator().manual_seed(0)
     smooth = F.interpolate(torch.rand(1, 3, 8, 8, generator=generator), size=(size, size), mode="bicubic",
@@ -91,12 +91,12 @@ def main() -> None:
     import torch
 
     import mambast
-    from mambast.pipeline import Controls, stylize_images
-    from mambast.seams import grid_contrast
-    from mambast.random_weights import random_official_tensors
+    from mambast.controls.seams import grid_contrast
+    from mambast.network.random_weights import random_official_tensors
+    from mambast.run.pipeline import Controls, stylize_images
 
     torch.set_num_threads(args.threads)
-    style = mambast.imaging.read_image(ROOT / "example_inputs" / "mambast_example_style.jpg")
+    style = mambast.utils.imaging.read_image(ROOT / "example_inputs" / "mambast_example_style.jpg")
     counts = [0] + [int(c) for c in args.counts.split(",") if c]
     print(f"grid contrast (token borders / inside, 1.0 = no grid) across columns, rows; {args.size} px, "
           f"{args.threads} threads, time median of {args.repeats}")

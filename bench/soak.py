@@ -59,7 +59,7 @@ def release_free_heap() -> bool:
 def soak_library(runs: int, size: int, settle: int, trim: bool = False) -> None:
     import torch
 
-    from mambast.pipeline import Controls, stylize_images
+    from mambast.run.pipeline import Controls, stylize_images
     from stylize import bench_inputs, build_model
 
     model = build_model("chunked")
@@ -88,8 +88,8 @@ def soak_library(runs: int, size: int, settle: int, trim: bool = False) -> None:
 def soak_server(runs: int, size: int, settle: int, control: bool = False) -> list[float]:
     """``runs`` all-in-one prompts through a real ComfyUI; with ``control`` a graph of core nodes
     only (the same pictures scaled and previewed), to tell the server's own growth from ours."""
-    from mambast.imaging import write_image
-    from mambast.random_weights import random_official_tensors
+    from mambast.network.random_weights import random_official_tensors
+    from mambast.utils.imaging import write_image
     from stylize import bench_inputs
     from tools.comfyui_server import prepare, running_comfyui
 
@@ -135,8 +135,8 @@ def cancel_latency(size: int, delay: float) -> float:
     """Seconds from pressing Cancel to the run having stopped, at ``size`` px on the CPU."""
     import torch
 
-    from mambast.pipeline import Controls, stylize_images
-    from mambast.progress import progress_callback
+    from mambast.run.pipeline import Controls, stylize_images
+    from mambast.utils.progress import progress_callback
     from stylize import bench_inputs, build_model
 
     class Cancelled(Exception):
@@ -173,8 +173,8 @@ def longest_gap(size: int) -> tuple[float, float]:
     run's seconds): the worst case of the Cancel latency, wherever the button is pressed."""
     import torch
 
-    from mambast.pipeline import Controls, stylize_images
-    from mambast.progress import progress_callback
+    from mambast.run.pipeline import Controls, stylize_images
+    from mambast.utils.progress import progress_callback
     from stylize import bench_inputs, build_model
 
     model = build_model("chunked")

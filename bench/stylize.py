@@ -48,14 +48,14 @@ def compiled_stylize(model):
     kernel (compiling it fails with "Mismatched Tensor types in NNPack convolutionOutput")."""
     import torch
 
-    import mambast.blocks
-    import mambast.fused
-    import mambast.model
+    import mambast.kernels.fused
+    import mambast.network.blocks
+    import mambast.network.model
 
     for name in ("depthwise_silu", "norm_times_silu_", "skip_norm", "gather_band"):
-        setattr(mambast.fused, name, torch.compiler.disable(getattr(mambast.fused, name)))
-    mambast.blocks.SS2D._scan_orders = torch.compiler.disable(mambast.blocks.SS2D._scan_orders)
-    mambast.model.MambaST._decode_pixels = torch.compiler.disable(mambast.model.MambaST._decode_pixels)
+        setattr(mambast.kernels.fused, name, torch.compiler.disable(getattr(mambast.kernels.fused, name)))
+    mambast.network.blocks.SS2D._scan_orders = torch.compiler.disable(mambast.network.blocks.SS2D._scan_orders)
+    mambast.network.model.MambaST._decode_pixels = torch.compiler.disable(mambast.network.model.MambaST._decode_pixels)
     return torch.compile(model.stylize)
 
 
@@ -76,7 +76,7 @@ def bench_inputs(height: int, width: int):
 
 def build_model(scan: str | None):
     import mambast
-    from mambast.random_weights import random_official_tensors
+    from mambast.network.random_weights import random_official_tensors
 
     return mambast.build(mambast.Checkpoint(random_official_tensors(seed=0)), device="cpu", scan=scan)
 
@@ -140,11 +140,11 @@ def measure(variant: str, size: tuple[int, int], repeats: int, threads: int) -> 
         model = build_model("chunked" if variant == "ours, chunked scan" else None)
         stylize = compiled_stylize(model) if variant == COMPILED else model.stylize
     else:
-        import mambast.model
+        import mambast.network.model
 
         # The reference backend runs the blocks on the stacked direction copies; the CNN decoder
         # stays in the reference's contiguous NCHW layout.
-        mambast.model._CHANNELS_LAST_DEVICES = ()
+        mambast.network.model._CHANNELS_LAST_DEVICES = ()
         model = build_model("reference")
         decode = model.decode
         model.decode = lambda features, size=None: decode(features.contiguous(), size)
@@ -168,7 +168,7 @@ def breakdown(size: tuple[int, int], repeats: int, threads: int) -> None:
     """Print where the time of ``stylize`` goes: the scans, the CNN decoder, the rest (in this process)."""
     import torch
 
-    import mambast.blocks
+    import mambast.network.blocks
 
     torch.set_num_threads(threads)
     model = build_model(None)
@@ -184,7 +184,7 @@ def breakdown(size: tuple[int, int], repeats: int, threads: int) -> None:
         return run
 
     for name in ("selective_scan_chunked_directions", "selective_scan_numba_orders"):
-        setattr(mambast.blocks, name, timed(getattr(mambast.blocks, name), "selective scans"))
+        setattr(mambast.network.blocks, name, timed(getattr(mambast.network.blocks, name), "selective scans"))
     model.decode = timed(model.decode, "CNN decoder")
     rows = []
     with torch.inference_mode():

@@ -43,7 +43,7 @@ Variants:
   ``unbind`` (the same values; backward stacks the L slice gradients once): a sequential scan
   under full autograd without the quadratic backward, the fairer baseline of the two.
 - ``ours (triton scan)``, CUDA only and not in the default list: ``ours`` with the scan under
-  autograd on our Triton kernel and its backward (:mod:`mambast.scan.triton_backward`) instead of
+  autograd on our Triton kernel and its backward (:mod:`mambast.kernels.scan.triton_backward`) instead of
   the chunked one.
 
 Peak memory on the CPU is the resident high-water mark of the process above what was resident
@@ -105,10 +105,10 @@ def random_vgg():
 
 def _reference_like(model) -> None:
     """Make ``model`` and the losses compute what the reference's training step computes (see the docstring)."""
-    import mambast.model
+    import mambast.network.model
     from mambast.training import losses
 
-    mambast.model._CHANNELS_LAST_DEVICES = ()
+    mambast.network.model._CHANNELS_LAST_DEVICES = ()
 
     def decode(features, size=None):  # the reference's decoder: nn.Sequential on NCHW
         image = model.decoder(features.to(dtype=model.dtype).contiguous()).float().contiguous()
@@ -131,11 +131,11 @@ def _reference_like(model) -> None:
 
 
 def sequential_scan_linear_backward(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    """:func:`mambast.scan.reference.selective_scan_reference` with each token's slices taken by
+    """:func:`mambast.kernels.scan.reference.selective_scan_reference` with each token's slices taken by
     ``unbind``: the same arithmetic, a backward linear in the sequence length."""
     import torch
 
-    from mambast.scan.reference import channel_major_output, token_major_terms
+    from mambast.kernels.scan.reference import channel_major_output, token_major_terms
 
     u, transition, drive, C_t = token_major_terms(u, delta, A, B, C, delta_bias, delta_softplus)
     state = u.new_zeros(transition.shape[1:])
@@ -150,19 +150,19 @@ def _scan_under_autograd(variant: str, device) -> None:
     """Swap the scan backend that runs under autograd for the variant's."""
     import functools
 
-    import mambast.scan
-    from mambast.scan.chunked import selective_scan_chunked
+    import mambast.kernels.scan
+    from mambast.kernels.scan.chunked import selective_scan_chunked
 
     if variant == "reference (linear backward)":
-        mambast.scan.BACKENDS["reference"] = sequential_scan_linear_backward
+        mambast.kernels.scan.BACKENDS["reference"] = sequential_scan_linear_backward
     elif variant == "ours (no recompute)":
-        mambast.scan.BACKENDS["chunked"] = functools.partial(selective_scan_chunked, recompute=False)
+        mambast.kernels.scan.BACKENDS["chunked"] = functools.partial(selective_scan_chunked, recompute=False)
     elif variant == "ours (triton scan)":
-        if device.type != "cuda" or not mambast.scan.triton_available():
+        if device.type != "cuda" or not mambast.kernels.scan.triton_available():
             raise SystemExit("the 'ours (triton scan)' variant needs CUDA and Triton.")
-        from mambast.scan.triton_backward import selective_scan_triton_trainable
+        from mambast.kernels.scan.triton_backward import selective_scan_triton_trainable
 
-        mambast.scan.BACKENDS["chunked"] = selective_scan_triton_trainable
+        mambast.kernels.scan.BACKENDS["chunked"] = selective_scan_triton_trainable
 
 
 def available_mib() -> float:
@@ -205,7 +205,7 @@ def measure(variant: str, size: tuple[int, int], batch: int, repeats: int, warmu
     import torch
 
     import mambast
-    from mambast.random_weights import random_official_tensors
+    from mambast.network.random_weights import random_official_tensors
     from mambast.training import LossWeights, compute_losses
     from mambast.training.trainer import PRECISIONS
 

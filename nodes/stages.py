@@ -14,21 +14,21 @@ from typing import Any, Iterator
 import torch
 
 from ..mambast import MambaST, load, pair_batches
-from ..mambast.checkpoint import DTYPES
-from ..mambast.colour import match_colour
-from ..mambast.cuda_graphs import replaying_repeats
-from ..mambast.features import fuse_with_strength, smooth_over_time
-from ..mambast.imaging import check_image
-from ..mambast.masking import shows_nothing
-from ..mambast.model import ContentEncoding, StyleEncoding, batch_item
-from ..mambast.pipeline import COLOUR_MODES, Controls, batch_ticks, finish, stylize_images, working_size
-from ..mambast.precision import automatic_dtype
-from ..mambast.progress import ProgressTracker, progress_callback
-from ..mambast.resources import activation_bytes, decode_ticks, encode_ticks, fuse_ticks, tile_to_fit
-from ..mambast.scan import CHOICES as SCAN_BACKEND_CHOICES
-from ..mambast.seams import blend_grids, grid_offsets, shift_back, shift_onto_grid
-from ..mambast.styles import StyleMix, pending_style_images
-from ..mambast.tiling import is_out_of_memory
+from ..mambast.controls.colour import match_colour
+from ..mambast.controls.masking import shows_nothing
+from ..mambast.controls.seams import blend_grids, grid_offsets, shift_back, shift_onto_grid
+from ..mambast.controls.strength import fuse_with_strength
+from ..mambast.controls.temporal import smooth_over_time
+from ..mambast.controls.tiling import is_out_of_memory
+from ..mambast.kernels.cuda_graphs import replaying_repeats
+from ..mambast.kernels.scan import CHOICES as SCAN_BACKEND_CHOICES
+from ..mambast.network.checkpoint import DTYPES
+from ..mambast.network.encodings import ContentEncoding, StyleEncoding, StyleMix, batch_item, pending_style_images
+from ..mambast.run.pipeline import COLOUR_MODES, Controls, batch_ticks, finish, stylize_images, working_size
+from ..mambast.run.precision import automatic_dtype
+from ..mambast.run.resources import activation_bytes, decode_ticks, encode_ticks, fuse_ticks, tile_to_fit
+from ..mambast.utils.imaging import check_image
+from ..mambast.utils.progress import ProgressTracker, progress_callback
 from . import comfy as host
 from .layout import join_image, normalise_mask, split_image
 
@@ -97,7 +97,7 @@ def dense_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
     """The dense layers' dtype for a loader choice. ``auto`` is float32 on GPUs (half precision
     changed the picture visibly, bfloat16 up to 0.08 max abs at 512 px, and was not faster for
     single images in the README's measurements) and on CPUs, except on a CPU with native
-    bfloat16 where bfloat16 measured faster (:func:`mambast.precision.automatic_dtype`); the
+    bfloat16 where bfloat16 measured faster (:func:`mambast.run.precision.automatic_dtype`); the
     halves stay a choice."""
     if choice != "auto":
         return DTYPES[choice]
@@ -123,7 +123,7 @@ def _running(loaded: LoadedModel, planned: list[int], height: int, width: int, w
 
     Inside, every progress tick of the model checks ComfyUI's Cancel and moves the bar, whose
     total is what the run really does (see :class:`ProgressTracker`); on CUDA, stages whose
-    shapes repeat (a batch, video frames) replay from CUDA graphs (:mod:`mambast.cuda_graphs`).
+    shapes repeat (a batch, video frames) replay from CUDA graphs (:mod:`mambast.kernels.cuda_graphs`).
     An out-of-memory error that escapes (the tiled fallback could not help) frees ComfyUI's
     cache and says what to do.
     """

@@ -6,8 +6,8 @@ import functools
 import os
 
 from .. import mambast
-from ..mambast import scan as scan_backends
-from ..mambast.checkpoint import dtype_name
+from ..mambast.kernels import scan as scan_backends
+from ..mambast.network.checkpoint import dtype_name
 from . import comfy as host
 from . import stages
 

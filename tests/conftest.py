@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import mambast  # noqa: E402
-from mambast.random_weights import SMALL_CONFIG, random_official_tensors, write_official_folder  # noqa: E402
+from mambast.network.random_weights import SMALL_CONFIG, random_official_tensors, write_official_folder  # noqa: E402
 
 PARITY = ROOT.parent / "shared" / "fixtures" / "parity_small"
 

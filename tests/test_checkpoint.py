@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 import mambast
-from mambast.checkpoint import CheckpointError, classify_state_dict, convert_to_safetensors, read_checkpoint
-from mambast.random_weights import SMALL_CONFIG, random_official_tensors, write_official_folder
+from mambast.network.checkpoint import CheckpointError, classify_state_dict, convert_to_safetensors, read_checkpoint
+from mambast.network.random_weights import SMALL_CONFIG, random_official_tensors, write_official_folder
 
 
 def test_missing_tensor_names_file_key_and_expected_shape(tmp_path, small_tensors):

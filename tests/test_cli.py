@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mambast.imaging import read_image, write_image
-from mambast.random_weights import write_official_folder
+from mambast.network.random_weights import write_official_folder
+from mambast.utils.imaging import read_image, write_image
 
 from conftest import ROOT
 from test_image_files import broken_save
@@ -86,7 +86,7 @@ def weights(tmp_path, small_tensors):
 
 def stylize_in_process(folder, weights, monkeypatch, *args):
     """``python -m mambast stylize`` in this process (so tests can patch it), run in ``folder``."""
-    from mambast.cli import main
+    from mambast.commands import main
 
     monkeypatch.chdir(folder)
     monkeypatch.delenv("MAMBAST_CHECKPOINT", raising=False)
@@ -124,7 +124,7 @@ def test_named_file_that_is_not_an_image_fails_and_is_named(image_folders, weigh
 
 
 def test_a_pair_the_model_refuses_is_named_and_the_run_goes_on(image_folders, weights, monkeypatch, capsys):
-    from mambast.model import MambaST
+    from mambast.network.model import MambaST
 
     def refusing_20_pixels_wide(encode, reason):
         def refuse_or_encode(self, image, *rest, **options):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from mambast.random_weights import random_official_tensors
+from mambast.network.random_weights import random_official_tensors
 from tools.comfyui_server import prepare, running_comfyui
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from mambast.imaging import write_image
-from mambast.random_weights import SMALL_CONFIG, random_official_tensors
+from mambast.network.random_weights import SMALL_CONFIG, random_official_tensors
+from mambast.utils.imaging import write_image
 from tools.comfyui_server import PACK_FOLDER, Server, prepare, running_comfyui
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")

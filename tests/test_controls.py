@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambast.colour import keep_content_colour, match_colour, to_ycbcr
-from mambast.features import fuse_with_strength, identity_features, smooth_over_time
-from mambast.masking import composite, prepare_mask
-from mambast.model import StyleEncoding
-from mambast.pipeline import Controls, stylize_images
-from mambast.styles import StyleMix, fit_style_image
+from mambast.controls.colour import keep_content_colour, match_colour, to_ycbcr
+from mambast.controls.masking import composite, prepare_mask
+from mambast.controls.strength import fuse_with_strength, identity_features
+from mambast.controls.styles import fit_style_image
+from mambast.controls.temporal import smooth_over_time
+from mambast.network.encodings import StyleEncoding, StyleMix
+from mambast.run.pipeline import Controls, stylize_images
 
 
 def images(batch, height, width, seed=0):

@@ -14,9 +14,9 @@ import logging
 import pytest
 import torch
 
-from mambast.cuda_graphs import CudaGraphs, GraphedStylize, StageGraphs, replaying_repeats
-from mambast.pipeline import Controls, batch_ticks, stylize_images
-from mambast.progress import ProgressTracker, counting_ticks, progress_callback
+from mambast.kernels.cuda_graphs import CudaGraphs, GraphedStylize, StageGraphs, replaying_repeats
+from mambast.run.pipeline import Controls, batch_ticks, stylize_images
+from mambast.utils.progress import ProgressTracker, counting_ticks, progress_callback
 
 
 class _Recording:
@@ -149,7 +149,7 @@ def test_a_stage_that_cannot_be_recorded_runs_plainly_with_one_warning(small_mod
     expected, *_ = run_with_progress(small_model, content, style, Controls(seed=2))
     stand_in = ReplayingStandIn(fail=True)
     graphs = StageGraphs(graphs=stand_in)
-    with caplog.at_level(logging.WARNING, logger="mambast.cuda_graphs"):
+    with caplog.at_level(logging.WARNING, logger="mambast.kernels.cuda_graphs"):
         got, *_ = run_with_progress(small_model, content, style, Controls(seed=2), graphs)
     assert torch.equal(got, expected)
     assert graphs.recorded == 0 and stand_in.captures == 3  # content encoder, MSTD, CNN decoder; tried once each
@@ -162,7 +162,7 @@ def test_out_of_memory_with_graphs_drops_them_and_goes_on_without(small_model, c
     expected, ticks, _, _ = run_with_progress(small_model, content, style, Controls(seed=2))
     stand_in = ReplayingStandIn(out_of_memory_at_replay=2)
     graphs = StageGraphs(graphs=stand_in)
-    with caplog.at_level(logging.WARNING, logger="mambast.cuda_graphs"):
+    with caplog.at_level(logging.WARNING, logger="mambast.kernels.cuda_graphs"):
         got, graphed_ticks, _, _ = run_with_progress(small_model, content, style, Controls(seed=2), graphs)
     assert torch.equal(got, expected) and graphed_ticks >= ticks
     assert graphs.stopped and graphs.recorded == 0 and stand_in.released == 1
@@ -222,8 +222,8 @@ def test_nodes_replay_repeated_stages_within_a_run(comfy, monkeypatch):
 
     stages = comfy.stages
     # the pack's own modules (ComfyUI imports it under its folder's name), not the test's mambast
-    pack_graphs = importlib.import_module(comfy.pack.__name__ + ".mambast.cuda_graphs")
-    pack_progress = importlib.import_module(comfy.pack.__name__ + ".mambast.progress")
+    pack_graphs = importlib.import_module(comfy.pack.__name__ + ".mambast.kernels.cuda_graphs")
+    pack_progress = importlib.import_module(comfy.pack.__name__ + ".mambast.utils.progress")
     loaded = stages.load_model("small.safetensors", "auto", "auto")
     generator = torch.Generator().manual_seed(0)
     contents, style = torch.rand(3, 40, 48, 3, generator=generator), torch.rand(1, 32, 24, 3, generator=generator)

@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 import mambast
-from mambast.cli import pairs_of_rank
-from mambast.imaging import write_image
+from mambast.commands.stylize import pairs_of_rank
 from mambast.training import distributed
 from mambast.training.data import ImageStream
 from mambast.training.distributed import Ranks, shard
 from mambast.training.losses import TrainingObjective
 from mambast.training.trainer import Trainer, TrainingOptions, losses_and_gradients
 from mambast.training.vgg import load_vgg
+from mambast.utils.imaging import write_image
 
 from conftest import ROOT
 from test_training_loop import one_thread, tiny_options, training_files  # noqa: F401 (fixtures)

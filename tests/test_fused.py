@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mambast import fused, winograd
-from mambast.scan import numba_available
+from mambast.kernels import fused, winograd
+from mambast.kernels.scan import numba_available
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="Numba is not installed here")
 

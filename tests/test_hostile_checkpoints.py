@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 import mambast
-from mambast.checkpoint import CheckpointError, read_checkpoint
-from mambast.random_weights import write_official_folder
+from mambast.network.checkpoint import CheckpointError, read_checkpoint
+from mambast.network.random_weights import write_official_folder
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)
 
@@ -182,7 +182,7 @@ def test_files_of_different_iterations_are_refused_naming_files_and_iterations(t
 
 @pytest.mark.parametrize("foreign_part", ["embedding", "decoder"])
 def test_parts_of_models_with_different_widths_name_both_files(tmp_path, small_tensors, foreign_part):
-    from mambast.random_weights import SMALL_CONFIG, random_official_tensors
+    from mambast.network.random_weights import SMALL_CONFIG, random_official_tensors
 
     import dataclasses
     narrow = dataclasses.replace(SMALL_CONFIG, d_model=32, decoder_channels=(32,) + SMALL_CONFIG.decoder_channels[1:])

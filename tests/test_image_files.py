@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mambast.imaging import ImageFileError, read_image, write_image
+from mambast.utils.imaging import ImageFileError, read_image, write_image
 
 
 def rgb(image: torch.Tensor, y: int, x: int) -> list[float]:

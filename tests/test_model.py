@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mambast
-from mambast.random_weights import random_official_tensors, write_official_folder
+from mambast.network.random_weights import random_official_tensors, write_official_folder
 
 
 def images(batch, height, width, seed=0):
@@ -164,7 +164,7 @@ def test_scan_backend_choice_reaches_every_block(small_tensors):
 
 
 def test_grid_linear_equals_linear():
-    from mambast.blocks import grid_linear
+    from mambast.network.blocks import grid_linear
 
     g = torch.Generator().manual_seed(0)
     tokens, weight = torch.randn(2, 5, 7, 24, generator=g), torch.randn(40, 24, generator=g)
@@ -175,7 +175,7 @@ def test_grid_linear_equals_linear():
 
 @pytest.mark.parametrize("band_macs", [None, 2 * 7 * 40 * 24])
 def test_grid_linear_into_given_memory_equals_linear(band_macs, monkeypatch):
-    from mambast import blocks
+    from mambast.network import blocks
 
     if band_macs is not None:
         monkeypatch.setattr(blocks, "BAND_MACS", band_macs)  # bands of 2 rows
@@ -190,7 +190,7 @@ def test_grid_linear_into_given_memory_equals_linear(band_macs, monkeypatch):
 
 
 def test_spare_memory_is_lent_only_at_inference_and_only_when_it_fits():
-    from mambast.blocks import _spare_memory
+    from mambast.network.blocks import _spare_memory
 
     spent = torch.randn(2, 3, 8)
     with torch.inference_mode():
@@ -203,7 +203,7 @@ def test_spare_memory_is_lent_only_at_inference_and_only_when_it_fits():
 
 
 def test_workspace_lends_the_same_memory_block_after_block_and_only_where_it_pays():
-    from mambast.blocks import Workspace
+    from mambast.network.blocks import Workspace
 
     like = torch.zeros(1)
     workspace = Workspace()
@@ -218,7 +218,7 @@ def test_workspace_lends_the_same_memory_block_after_block_and_only_where_it_pay
 
 
 def test_stacks_writing_into_a_workspace_give_the_same_image(small_model, monkeypatch):
-    from mambast.blocks import Workspace
+    from mambast.network.blocks import Workspace
 
     content, style = images(1, 40, 48), images(1, 32, 32, seed=1)
     with torch.inference_mode():
@@ -246,8 +246,8 @@ def test_inference_reuses_buffers_and_matches_the_autograd_path(small_model):
 
 
 def test_dense_layers_in_bands_equal_the_whole_layer_and_check_cancel_between_bands(monkeypatch):
-    from mambast import blocks
-    from mambast.progress import progress_callback
+    from mambast.network import blocks
+    from mambast.utils.progress import progress_callback
 
     g = torch.Generator().manual_seed(1)
     tokens, weight = torch.randn(1, 13, 6, 24, generator=g), torch.randn(40, 24, generator=g)
@@ -261,8 +261,8 @@ def test_dense_layers_in_bands_equal_the_whole_layer_and_check_cancel_between_ba
 
 
 def test_cancel_points_stop_a_run_inside_long_layers_without_moving_the_progress(small_model, monkeypatch):
-    from mambast import blocks
-    from mambast.progress import progress_callback
+    from mambast.network import blocks
+    from mambast.utils.progress import progress_callback
 
     class Cancelled(Exception):
         pass

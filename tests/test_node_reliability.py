@@ -7,6 +7,7 @@ import collections
 import importlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from comfy_fakes import Interrupted
-from mambast.random_weights import write_official_folder
+from mambast.network.random_weights import write_official_folder
 
 
 def image(batch, height, width, channels=3, seed=0):
@@ -33,7 +34,7 @@ def outside(tmp_path, small_tensors):
 @pytest.fixture()
 def reads(monkeypatch, comfy):
     """Every checkpoint path the pack reads."""
-    checkpoint = importlib.import_module(comfy.pack.__name__ + ".mambast.checkpoint")
+    checkpoint = importlib.import_module(comfy.pack.__name__ + ".mambast.network.checkpoint")
     seen = []
     original = checkpoint.read_checkpoint
 
@@ -41,13 +42,10 @@ def reads(monkeypatch, comfy):
         seen.append(str(path))
         return original(path)
 
-    monkeypatch.setattr(checkpoint, "read_checkpoint", recording)
-    for module in ("mambast", "nodes.status"):
-        target = importlib.import_module(comfy.pack.__name__ + "." + module)
-        if hasattr(target, "read_checkpoint"):
-            monkeypatch.setattr(target, "read_checkpoint", recording)
-    mambast = importlib.import_module(comfy.pack.__name__ + ".mambast")
-    monkeypatch.setattr(mambast, "read_checkpoint", recording)
+    # Wherever the pack's modules hold the function (each imports it by name): all replaced.
+    for name, module in list(sys.modules.items()):
+        if name.startswith(comfy.pack.__name__ + ".") and getattr(module, "read_checkpoint", None) is original:
+            monkeypatch.setattr(module, "read_checkpoint", recording)
     return seen
 
 
@@ -238,7 +236,7 @@ def test_cancel_is_not_mistaken_for_out_of_memory(comfy):
 def test_an_image_larger_than_the_free_memory_is_tiled_from_the_start_on_a_cpu(comfy, monkeypatch, caplog):
     stages = comfy.stages
     loaded = stages.load_model("small.safetensors")
-    resources = importlib.import_module(comfy.pack.__name__ + ".mambast.resources")
+    resources = importlib.import_module(comfy.pack.__name__ + ".mambast.run.resources")
     management = importlib.import_module("comfy.model_management")
     monkeypatch.setattr(management, "free_memory_bytes", resources.activation_bytes(loaded.model.config, 64, 64))
     encode_content = type(loaded.model).encode_content

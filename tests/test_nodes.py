@@ -86,7 +86,7 @@ def test_pairwise_styles_staged_equal_all_in_one(comfy):
 
 def test_four_frames_with_one_style_encode_it_once_and_share_one_permutation_set(comfy, monkeypatch):
     stages = comfy.stages
-    shuffle = importlib.import_module(comfy.pack.__name__ + ".mambast.shuffle")
+    shuffle = importlib.import_module(comfy.pack.__name__ + ".mambast.controls.shuffle")
     loaded = stages.load_model("small.safetensors", "auto", "auto")
     calls = {"style": 0}
     original = type(loaded.model).encode_style
@@ -182,8 +182,8 @@ def test_cancel_stops_at_the_next_check_within_a_scan_chunk(comfy):
 
 def test_cancel_is_checked_at_least_once_per_scan_chunk(comfy):
     stages = comfy.stages
-    resources = importlib.import_module(comfy.pack.__name__ + ".mambast.resources")
-    scan = importlib.import_module(comfy.pack.__name__ + ".mambast.scan")
+    resources = importlib.import_module(comfy.pack.__name__ + ".mambast.run.resources")
+    scan = importlib.import_module(comfy.pack.__name__ + ".mambast.kernels.scan")
     loaded = stages.load_model("small.safetensors", "auto", "auto")
     backend = loaded.model.scan_backend
     checks = []
@@ -199,7 +199,7 @@ def test_cancel_is_checked_at_least_once_per_scan_chunk(comfy):
 
 def test_status_reports_device_backend_and_whether_weights_load(comfy, tmp_path):
     status = importlib.import_module(comfy.pack.__name__ + ".nodes.status")
-    scan = importlib.import_module(comfy.pack.__name__ + ".mambast.scan")
+    scan = importlib.import_module(comfy.pack.__name__ + ".mambast.kernels.scan")
     automatic = "numba" if scan.numba_available() else "chunked"
     good = status.status_report("small.safetensors", "auto")
     assert good["ok"] and good["device"] == "cpu" and good["scan"] == automatic and good["dtype"] == "float32"

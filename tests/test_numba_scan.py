@@ -14,13 +14,13 @@ import pytest
 import torch
 
 import mambast
-from mambast import scan
-from mambast.blocks import merge_sequences, scan_orders, scan_sequences
-from mambast.progress import progress_callback
-from mambast.resources import stylize_ticks
-from mambast.scan import selective_scan_chunked_directions, selective_scan_reference
-from mambast.scan.numba_scan import (selective_scan_numba, selective_scan_numba_directions,
+from mambast.kernels import scan
+from mambast.kernels.scan import selective_scan_chunked_directions, selective_scan_reference
+from mambast.kernels.scan.numba_scan import (selective_scan_numba, selective_scan_numba_directions,
                                      selective_scan_numba_orders)
+from mambast.network.blocks import merge_sequences, scan_orders, scan_sequences
+from mambast.run.resources import stylize_ticks
+from mambast.utils.progress import progress_callback
 from test_scan import CASES, direction_inputs, relative_error, scan_inputs
 
 needs_numba = pytest.mark.skipif(not scan.numba_available(), reason="Numba is not installed here")
@@ -115,7 +115,7 @@ def test_scan_in_orders_equals_reference_on_the_four_direction_copies(height, wi
 @needs_numba
 def test_kernel_exponential_and_softplus_are_accurate():
     """The kernel's own 2**x and softplus (vectorisable polynomials) against PyTorch's."""
-    from mambast.scan.numba_kernel import exp2_nonpositive, softplus
+    from mambast.kernels.scan.numba_kernel import exp2_nonpositive, softplus
 
     # a fine sweep of several whole exponents covers the polynomial's interval [-0.5, 0.5] densely
     xs = torch.cat([-torch.logspace(-8, 2.09, 400), torch.linspace(-3.0, 0.0, 3001),
@@ -203,8 +203,8 @@ def test_numba_backend_under_autograd_returns_the_chunked_scans_gradients():
 _CACHED_RUN = """
 import importlib, sys, torch
 sys.path.insert(0, sys.argv[1])
-scan = importlib.import_module(sys.argv[2] + ".scan.numba_scan")
-fused = importlib.import_module(sys.argv[2] + ".fused")
+scan = importlib.import_module(sys.argv[2] + ".kernels.scan.numba_scan")
+fused = importlib.import_module(sys.argv[2] + ".kernels.fused")
 torch.manual_seed(0)
 u = torch.rand(1, 8, 16)
 y = scan.selective_scan_numba(u, u, -torch.rand(8, 4), torch.rand(1, 1, 4, 16), torch.rand(1, 1, 4, 16))
@@ -232,6 +232,6 @@ def test_kernels_cached_under_one_import_name_run_under_another(tmp_path):
         return done.stdout
 
     first = run(pack, "mambast")
-    assert list((pack / "mambast" / "scan" / "__pycache__").glob("numba_kernel.advance_chunk-*.nbi"))
+    assert list((pack / "mambast" / "kernels" / "scan" / "__pycache__").glob("numba_kernel.advance_chunk-*.nbi"))
     assert run(tmp_path, "Pack.mambast") == first  # the entries name the module "mambast"
     assert run(tmp_path, "Pack.mambast") == first  # now cached under this name

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import mambast
-from mambast.imaging import read_image
-from mambast.random_weights import write_official_folder
-from mambast.shuffle import style_permutations
+from mambast.controls.shuffle import style_permutations
+from mambast.network.random_weights import write_official_folder
+from mambast.utils.imaging import read_image
 
 from conftest import PARITY, needs_parity, parity_cases
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambast import precision
+from mambast.run import precision
 
 
 @pytest.fixture()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambast.config import MambaSTConfig
-from mambast.resources import activation_bytes, tile_to_fit
+from mambast.network.config import MambaSTConfig
+from mambast.run.resources import activation_bytes, tile_to_fit
 
 MIB = 2**20
 # Peak working memory of one stylization (model weights excluded), MiB, random weights of the
@@ -15,7 +15,7 @@ MIB = 2**20
 #   2 threads, the nodes' stylize_images path), 2026-12-01 and -02. The allocator's peak varies from
 #   run to run; the highest of the runs counts: 512 px 205, 221, 237, 268, 301, 301, 309, 333, 328
 #   (eight runs of bench/memory.py and bench/stylize.py); 1024 px 748, 748, 772, 804, 848 (the last
-#   with the fused passes of mambast.fused); 2048 px 3028.
+#   with the fused passes of mambast.kernels.fused); 2048 px 3028.
 # - CUDA: the H200 figures of `python bench/gpu.py` in the README (peak allocated, triton scan)
 #   less the weights (90 MiB in float32, 46 MiB in bfloat16), 2026-11-27.
 MEASURED = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambast import scan
-from mambast.scan import selective_scan_chunked, selective_scan_reference
+from mambast.kernels import scan
+from mambast.kernels.scan import selective_scan_chunked, selective_scan_reference
 
 
 def scan_inputs(batch=1, channels=16, length=37, state=8, groups=4, delta_scale=1.0, a_scale=1.0,
@@ -194,7 +194,7 @@ def test_direction_scan_names_the_misshapen_input():
 
 
 def test_token_major_blocks_equal_the_stacked_directions(small_model, monkeypatch):
-    from mambast.blocks import SS2D
+    from mambast.network.blocks import SS2D
 
     content = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
     style = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambast import scan
-from mambast.scan.chunked import selective_scan_chunked
-from mambast.scan.chunked_backward import selective_scan_chunked_recomputing
+from mambast.kernels import scan
+from mambast.kernels.scan.chunked import selective_scan_chunked
+from mambast.kernels.scan.chunked_backward import selective_scan_chunked_recomputing
 from test_scan import CASES, relative_error, scan_inputs
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
@@ -134,7 +134,7 @@ def test_chunked_scan_under_autograd_keeps_only_chunk_boundary_states():
 
 
 def test_selective_scan_takes_the_recomputing_path_only_under_autograd(monkeypatch):
-    from mambast.scan import chunked_backward
+    from mambast.kernels.scan import chunked_backward
 
     calls = []
     recomputing = chunked_backward.selective_scan_chunked_recomputing
@@ -175,7 +175,7 @@ def on_device(inputs: dict) -> dict:
 @triton_kernel
 @pytest.mark.parametrize("case", TRITON_CASES.values(), ids=TRITON_CASES.keys())
 def test_triton_scan_gradients_match_reference_autograd(case):
-    from mambast.scan.triton_scan import selective_scan_triton
+    from mambast.kernels.scan.triton_scan import selective_scan_triton
 
     _, expected = gradients(scan.selective_scan_reference, gradient_inputs(**case))
     _, got = gradients(selective_scan_triton, on_device(gradient_inputs(**case)), **TILES)
@@ -188,8 +188,8 @@ def test_triton_scan_gradients_match_reference_autograd(case):
 def test_triton_backward_of_reversed_directions_sharing_a_sequence_matches_reference_autograd():
     """Directions read one sequence, the second backwards: the kernel's gradients are the stacked
     reference's with the reversed direction flipped back, the two directions' du summed."""
-    from mambast.scan.triton_backward import scan_triton_backward
-    from mambast.scan.triton_scan import scan_triton
+    from mambast.kernels.scan.triton_backward import scan_triton_backward
+    from mambast.kernels.scan.triton_kernel import scan_triton
 
     batch, length, channels, state, block_l = 2, 11, 4, 3, 4
     g = torch.Generator().manual_seed(3)
@@ -231,7 +231,7 @@ def test_triton_backward_of_reversed_directions_sharing_a_sequence_matches_refer
 
 @triton_kernel
 def test_the_self_check_passes_for_the_kernel_as_shipped():
-    from mambast.scan.triton_backward import disagreement_with_chunked
+    from mambast.kernels.scan.triton_backward import disagreement_with_chunked
 
     before = torch.get_rng_state()
     assert disagreement_with_chunked(DEVICE, **TILES) is None
@@ -240,7 +240,7 @@ def test_the_self_check_passes_for_the_kernel_as_shipped():
 
 @triton_kernel
 def test_the_self_check_names_a_wrong_gradient(monkeypatch):
-    from mambast.scan import triton_backward
+    from mambast.kernels.scan import triton_backward
 
     shipped = triton_backward.scan_triton_backward
 
@@ -265,7 +265,7 @@ def test_training_on_a_gpu_uses_the_kernel_only_where_its_backward_passed_the_ch
 
 @triton_kernel
 def test_a_kernel_that_fails_its_check_warns_once_and_is_not_used(monkeypatch):
-    from mambast.scan import triton_backward
+    from mambast.kernels.scan import triton_backward
 
     def failing(device):
         raise RuntimeError("PassManager::run failed")

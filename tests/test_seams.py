@@ -1,4 +1,4 @@
-"""Seam smoothing (``mambast.seams``): off is today's output exactly; on, it blends stylizations
+"""Seam smoothing (``mambast.controls.seams``): off is today's output exactly; on, it blends stylizations
 on shifted token grids, removes a known grid, and works with batches, masks, tiles, the staged
 nodes, the command line and the progress bar."""
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mambast import cli
-from mambast.imaging import read_image, write_image
-from mambast.pipeline import Controls, stylize_images
-from mambast.seams import (SEAM_SMOOTHING_CHOICES, check_seam_smoothing, grid_contrast, grid_offsets, grid_weights,
+from mambast.commands import main as run_command
+from mambast.controls.seams import (SEAM_SMOOTHING_CHOICES, check_seam_smoothing, grid_contrast, grid_offsets, grid_weights,
                            on_grids, shift_back, shift_onto_grid)
-from mambast.tiling import stylize_tiled
+from mambast.controls.tiling import stylize_tiled
+from mambast.run.pipeline import Controls, stylize_images
+from mambast.utils.imaging import read_image, write_image
 
 
 def images(batch, height, width, seed):
@@ -184,11 +184,11 @@ def test_the_command_line_smooths_on_request(tmp_path, small_tensors):
     outputs = {}
     for smoothing in ("0", "4"):
         folder = tmp_path / f"out{smoothing}"
-        assert cli.main(["stylize", str(tmp_path / "content.png"), "--style", str(tmp_path / "style.png"),
-                         "--checkpoint", str(checkpoint), "-o", str(folder), "--seed", "2", "--size", "0",
-                         "--device", "cpu", "--seam-smoothing", smoothing]) == 0
+        assert run_command(["stylize", str(tmp_path / "content.png"), "--style", str(tmp_path / "style.png"),
+                            "--checkpoint", str(checkpoint), "-o", str(folder), "--seed", "2", "--size", "0",
+                            "--device", "cpu", "--seam-smoothing", smoothing]) == 0
         outputs[smoothing] = read_image(folder / "content_stylized_style.png")
     assert outputs["0"].shape == outputs["4"].shape and not torch.equal(outputs["0"], outputs["4"])
     with pytest.raises(SystemExit):
-        cli.main(["stylize", str(tmp_path / "content.png"), "--style", str(tmp_path / "style.png"), "-o",
-                  str(tmp_path / "x"), "--seam-smoothing", "3"])
+        run_command(["stylize", str(tmp_path / "content.png"), "--style", str(tmp_path / "style.png"), "-o",
+                     str(tmp_path / "x"), "--seam-smoothing", "3"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambast import tiling
-from mambast.tiling import blend_weights, stylize_tiled, stylize_with_fallback, tile_starts
+from mambast.controls import tiling
+from mambast.controls.tiling import blend_weights, stylize_tiled, stylize_with_fallback, tile_starts
 
 
 def smooth_image(height, width, seed=0):
@@ -161,7 +161,7 @@ def test_out_of_memory_recognises_cuda_and_mps_messages():
 def test_cli_tile_option_stylizes_in_tiles(tmp_path, small_tensors):
     from safetensors.torch import save_file
 
-    from mambast.imaging import read_image, write_image
+    from mambast.utils.imaging import read_image, write_image
 
     from test_cli import run_cli
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mambast.imaging import read_image, resize, write_image
 from mambast.training.data import ImageStream, TrainingDataError, list_images, training_crop
+from mambast.utils.imaging import read_image, resize, write_image
 
 
 def solid(path: Path, value: int, size: tuple[int, int] = (12, 10)) -> Path:

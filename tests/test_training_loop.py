@@ -20,13 +20,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import mambast
-from mambast.config import MambaSTConfig
-from mambast.imaging import read_image, write_image
-from mambast.random_weights import random_official_tensors
+from mambast.network.config import MambaSTConfig
+from mambast.network.random_weights import random_official_tensors
 from mambast.training.losses import LossWeights, TrainingObjective, compute_losses
 from mambast.training.state import STATE_FILE
 from mambast.training.trainer import Trainer, TrainingOptions, losses_and_gradients
 from mambast.training.vgg import VGGEncoder
+from mambast.utils.imaging import read_image, write_image
 
 from conftest import ROOT
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import mambast
-from mambast.blocks import VSSBlock, drop_path
-from mambast.checkpoint import CheckpointError
-from mambast.random_weights import SMALL_CONFIG, unused_official_tensors, random_official_tensors
+from mambast.network.blocks import VSSBlock, drop_path
+from mambast.network.checkpoint import CheckpointError
+from mambast.network.random_weights import SMALL_CONFIG, unused_official_tensors, random_official_tensors
 from mambast.training import (VGGEncoder, VGGWeightsNotFound, compute_losses, extra_tensors_of,
                               initialise_like_reference, load_vgg, official_gradients, save_official,
                               save_safetensors)

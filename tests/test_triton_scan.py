@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambast import scan
-from mambast.scan import selective_scan_reference
+from mambast.kernels import scan
+from mambast.kernels.scan import selective_scan_reference
 from test_scan import direction_inputs, relative_error, scan_inputs
 
 pytest.importorskip("triton", reason="Triton is not installed")
@@ -20,9 +20,9 @@ DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 if not ON_GPU and not scan.triton_available():
     pytest.skip("Triton does not import here", allow_module_level=True)
 
-from mambast.scan.chunked import selective_scan_chunked_directions  # noqa: E402
-from mambast.scan.triton_scan import (  # noqa: E402
-    scan_triton, selective_scan_triton, selective_scan_triton_directions)
+from mambast.kernels.scan.chunked import selective_scan_chunked_directions  # noqa: E402
+from mambast.kernels.scan.triton_kernel import scan_triton  # noqa: E402
+from mambast.kernels.scan.triton_scan import selective_scan_triton, selective_scan_triton_directions  # noqa: E402
 
 # Small tiles in the interpreter: 4 tokens x 8 channels, so a 13-token, 12-channel problem crosses
 # 4 chunks and 2 channel blocks. On a GPU the shipped tile shape runs.
@@ -172,8 +172,8 @@ TINY = dict(d_model=16, d_state=4, d_inner=16, dt_rank=2, encoder_layers=1, deco
 def test_model_with_the_triton_scan_equals_the_chunked_scan(small_tensors):
     """Every SS2D block, self and cross, through the kernel: same image as the chunked scan."""
     import mambast
-    from mambast.config import MambaSTConfig
-    from mambast.random_weights import random_official_tensors
+    from mambast.network.config import MambaSTConfig
+    from mambast.network.random_weights import random_official_tensors
 
     tensors = small_tensors if ON_GPU else random_official_tensors(MambaSTConfig(**TINY), seed=3)
     generator = torch.Generator().manual_seed(0)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mambast import fused, winograd
-from mambast.scan import numba_available
+from mambast.kernels import fused, winograd
+from mambast.kernels.scan import numba_available
 
 
 def padded_convolution(layer: nn.Conv2d, image: torch.Tensor) -> torch.Tensor:
@@ -68,7 +68,7 @@ def test_decoder_with_winograd_matches_the_ordinary_decoder(small_model, monkeyp
     features = torch.randn(1, small_model.config.d_model, 6, 5, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         fast = small_model.decode(features)
-        monkeypatch.setattr("mambast.model.nnpack_available", lambda: False)
+        monkeypatch.setattr("mambast.network.model.nnpack_available", lambda: False)
         ordinary = small_model.decode(features)
     assert (fast - ordinary).abs().max() <= 1e-4 * ordinary.abs().max()
 
@@ -76,7 +76,7 @@ def test_decoder_with_winograd_matches_the_ordinary_decoder(small_model, monkeyp
 def test_heavy_convolutions_go_in_bands_of_bounded_work_with_cancel_checks_between(monkeypatch):
     if not winograd.nnpack_available():
         pytest.skip("this PyTorch build has no NNPACK")
-    from mambast.progress import progress_callback
+    from mambast.utils.progress import progress_callback
 
     layer = nn.Conv2d(16, 64, 3)
     image = torch.randn(1, 16, 19, 32, generator=torch.Generator().manual_seed(2))
@@ -118,8 +118,8 @@ def test_band_inputs_are_rows_of_the_upsampled_padded_image(path, scale, height,
 
 
 def test_the_release_decoder_is_read_as_fused_stages():
-    from mambast.blocks import build_cnn_decoder
-    from mambast.config import MambaSTConfig
+    from mambast.network.blocks import build_cnn_decoder
+    from mambast.network.config import MambaSTConfig
 
     decoder = build_cnn_decoder(MambaSTConfig())
     stages = winograd.decoder_stages(decoder)

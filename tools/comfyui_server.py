@@ -99,7 +99,7 @@ def prepare(base: Path, checkpoints: dict[str, dict] | None = None) -> Path:
     in models/mambast, empty input/output/temp/user folders. Returns the yaml to pass."""
     from safetensors.torch import save_file
 
-    from mambast.random_weights import write_official_folder
+    from mambast.network.random_weights import write_official_folder
 
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_FOLDER

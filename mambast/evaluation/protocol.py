@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Union
 import numpy as np
 import torch
 
-from ..imaging import read_image
+from ..utils.imaging import read_image
 from .frechet import frechet_distance
 from .weights import MetricNetworks
 
@@ -60,7 +60,7 @@ class Scores:
 
 def picture(source: ImageSource):
     """An RGB PIL image of ``source``: a file (read upright, with the pixel limit of
-    :func:`mambast.imaging.read_image`) or an image tensor (3, H, W) / (1, 3, H, W) in 0..1,
+    :func:`mambast.utils.imaging.read_image`) or an image tensor (3, H, W) / (1, 3, H, W) in 0..1,
     rounded to 8 bits as a saved PNG would hold it."""
     from PIL import Image
 

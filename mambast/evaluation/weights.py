@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, read_tensor_file
+from ..network.checkpoint import CheckpointError, read_tensor_file
 from .cfsd import CFSD
 from .lpips import LPIPS
 from .networks import INCEPTION_HEADS, ArtInception
@@ -139,7 +139,7 @@ def load_metric_networks(metrics_dir: str | os.PathLike | None = None,
                          device: torch.device | str = "cpu") -> MetricNetworks:
     """Find (:func:`find_metric_files`), check and load the metric networks onto ``device``.
 
-    A file with the wrong keys or shapes raises :class:`~mambast.checkpoint.CheckpointError`
+    A file with the wrong keys or shapes raises :class:`~mambast.network.checkpoint.CheckpointError`
     naming it; pickles that would run code are refused."""
     files = find_metric_files(metrics_dir)
     inception = ArtInception()

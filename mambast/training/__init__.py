@@ -1,7 +1,7 @@
 """Training Mamba-ST as the reference does: its VGG losses, its initialisation, its checkpoint files.
 
 Pure PyTorch, beside the inference library: the losses run the model's own stages (one
-:class:`~mambast.model.MambaST`, no second copy of the network).
+:class:`~mambast.network.model.MambaST`, no second copy of the network).
 """
 
 from .losses import LossWeights, compute_losses, loss_permutations, official_gradients

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from ..imaging import IMAGE_SUFFIXES, ImageFileError, read_image, resize
+from ..utils.imaging import IMAGE_SUFFIXES, ImageFileError, read_image, resize
 from .seeds import generator
 
 #: What a stream hands back for one sample: the file's index, the crop (3, crop, crop) or None,
@@ -36,7 +36,7 @@ class TrainingDataError(ValueError):
 def list_images(folder: str | Path, option: str) -> list[Path]:
     """The image files of ``folder`` and of its sub-folders one level down, sorted by relative path.
 
-    Files count by suffix (:data:`mambast.imaging.IMAGE_SUFFIXES`, any case); hidden files
+    Files count by suffix (:data:`mambast.utils.imaging.IMAGE_SUFFIXES`, any case); hidden files
     and folders (".name", e.g. macOS's "._photo.jpg") are left out. ``option`` names the
     command-line option the folder came from, for the error message.
     """
@@ -69,7 +69,7 @@ def training_crop(path: Path, load_size: int, crop: int, top: int, left: int) ->
     """The image at ``path`` resized to ``load_size`` x ``load_size``, cropped: (3, crop, crop) in 0..1.
 
     Resized whatever its aspect ratio and up when smaller, as the reference's
-    ``Resize((512, 512))`` does. Raises :class:`~mambast.imaging.ImageFileError` for a file
+    ``Resize((512, 512))`` does. Raises :class:`~mambast.utils.imaging.ImageFileError` for a file
     that cannot be read.
     """
     image = resize(read_image(path), (load_size, load_size))

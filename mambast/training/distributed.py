@@ -15,6 +15,8 @@ from typing import Any, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from ..network.loading import default_device
+
 Item = TypeVar("Item")
 
 
@@ -64,8 +66,6 @@ def rank_device(requested: str | None, ranks: Ranks) -> torch.device:
     Under torchrun each process of a host takes its own GPU, so "cuda" (or no choice) means
     ``cuda:LOCAL_RANK`` there; an explicit index ("cuda:1") is kept as given.
     """
-    from .. import default_device
-
     device = torch.device(requested) if requested else default_device()
     if device.type == "cuda" and device.index is None:
         if ranks.distributed or "LOCAL_RANK" in os.environ:

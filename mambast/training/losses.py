@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..model import ContentEncoding, MambaST, StyleEncoding
-from ..random_weights import unused_official_tensors
-from ..shuffle import new_seed
+from ..controls.shuffle import new_seed
+from ..network.encodings import ContentEncoding, StyleEncoding
+from ..network.model import MambaST
+from ..network.random_weights import unused_official_tensors
 from .vgg import VGGEncoder
 
 # The reference's function.py adds this to the variance of each channel before the square root.
@@ -63,7 +64,7 @@ def loss_permutations(seed: int, tokens: list[int], layers: int) -> list[list[to
     ``tokens`` gives each pass's token count (Ics, Icc, Iss in this order). One generator seeded
     with ``seed`` serves all passes in turn, each pass drawing one ``argsort(rand(L))`` per
     decoder layer: what the reference's layers draw from the global generator during one forward
-    after ``torch.manual_seed(seed)`` (see :func:`mambast.shuffle.style_permutations`).
+    after ``torch.manual_seed(seed)`` (see :func:`mambast.controls.shuffle.style_permutations`).
     """
     generator = torch.Generator("cpu").manual_seed(int(seed))
     return [[torch.argsort(torch.rand(length, generator=generator)) for _ in range(layers)] for length in tokens]

@@ -14,8 +14,8 @@ from typing import TextIO
 
 import torch
 
-from ..files import write_atomically
-from ..imaging import write_image
+from ..utils.files import write_atomically
+from ..utils.imaging import write_image
 from .losses import LossWeights
 
 LOG_FILE = "train_log.jsonl"
@@ -44,7 +44,7 @@ def preview_grid(content: torch.Tensor, style: torch.Tensor, stylized: torch.Ten
 
     content, style, stylized: (B, 3, H, W); the style is resized to the content's size if needed.
     """
-    from ..imaging import resize
+    from ..utils.imaging import resize
 
     style = resize(style, tuple(content.shape[-2:]))
     rows = torch.cat([content, style, stylized.to(content.dtype)], dim=3)  # (B, 3, H, 3W)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import write_atomically
+from ..utils.files import write_atomically
 
 STATE_FILE = "training_state.pt"
 STATE_FORMAT = 1

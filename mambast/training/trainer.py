@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_checkpoint
-from ..config import MambaSTConfig
-from ..model import MambaST
+from ..network.checkpoint import read_checkpoint
+from ..network.config import MambaSTConfig
+from ..network.loading import build
+from ..network.model import MambaST
 from . import distributed
 from .data import ImageStream
 from .distributed import Ranks
@@ -142,8 +143,6 @@ def new_model(options: TrainingOptions) -> tuple[MambaST, dict[str, torch.Tensor
     are kept for the official files). Otherwise a new network with --layers encoder and decoder
     blocks, initialised as the reference initialises one, from --seed.
     """
-    from .. import build
-
     if options.init is not None:
         checkpoint = read_checkpoint(options.init)
         return build(checkpoint, device="cpu", dtype=torch.float32), extra_tensors_of(checkpoint)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, WEIGHTS_URL, read_tensor_file
+from ..network.checkpoint import WEIGHTS_URL, CheckpointError, read_tensor_file
 
 VGG_FILE = "vgg_normalised.pth"
 # VGG-19's 3x3 convolutions by output channels, "pool" for a 2x2 max pooling.
@@ -87,7 +87,7 @@ def load_vgg(path: str | os.PathLike) -> VGGEncoder:
     ``path``: the reference's ``vgg_normalised.pth`` (read with ``weights_only=True``) or a
     ``.safetensors`` with the same keys (float16 or bfloat16 files are cast to float32).
     Raises :class:`VGGWeightsNotFound` (a FileNotFoundError) when the file is absent, and a
-    :class:`~mambast.checkpoint.CheckpointError` (a ValueError) naming the file for anything else.
+    :class:`~mambast.network.checkpoint.CheckpointError` (a ValueError) naming the file for anything else.
     """
     path = Path(path).expanduser()
     if not path.exists():

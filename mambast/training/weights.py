@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import PARTS, Checkpoint, usable_tensors
-from ..config import MambaSTConfig
-from ..files import write_atomically
-from ..model import MambaST
-from ..random_weights import unused_official_tensors
+from ..network.checkpoint import PARTS, Checkpoint, usable_tensors
+from ..network.config import MambaSTConfig
+from ..network.model import MambaST
+from ..network.random_weights import unused_official_tensors
+from ..utils.files import write_atomically
 from .vgg import VGGEncoder
 
 # The reference's SS2D step-size initialisation (mamba_ssm's dt_init "random").

@@ -1,0 +1,117 @@
+"""A progress hook the long loops call, so a host (ComfyUI) can advance a bar or cancel a run.
+
+The library never imports a host: it calls :func:`tick` between blocks and every few chunks of
+a scan, :func:`cancel_point` inside long operations (bands of a large convolution or dense
+layer: places to stop that are not progress), and :func:`replan` when a run starts over
+differently (smaller tiles after running out of memory); a host installs callbacks with
+:func:`progress_callback`. A callback may raise (e.g. ComfyUI's interrupt exception) to stop the
+computation at that point.
+:class:`ProgressTracker` turns those calls into a bar that reaches its end exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Sequence
+
+_callbacks: contextvars.ContextVar[tuple[Callable[[], None] | None, Callable[[int], None] | None,
+                                         Callable[[], None] | None]] = \
+    contextvars.ContextVar("mambast_progress", default=(None, None, None))
+
+
+def tick() -> None:
+    """Call the installed tick callback, if any (cheap when none is installed)."""
+    on_tick = _callbacks.get()[0]
+    if on_tick is not None:
+        on_tick()
+
+
+def replan(ticks: int) -> None:
+    """Tell the host that the current image starts over and now needs ``ticks`` more ticks."""
+    on_replan = _callbacks.get()[1]
+    if on_replan is not None:
+        on_replan(ticks)
+
+
+def cancel_point() -> None:
+    """A place where the host may stop the run (its check callback may raise); no progress."""
+    on_check = _callbacks.get()[2]
+    if on_check is not None:
+        on_check()
+
+
+@contextlib.contextmanager
+def progress_callback(on_tick: Callable[[], None] | None, on_replan: Callable[[int], None] | None = None,
+                      on_check: Callable[[], None] | None = None) -> Iterator[None]:
+    """Install the callbacks for the duration of the ``with`` block (in this thread/context).
+
+    ``on_check`` is called at each :func:`cancel_point` (a Cancel check that moves no bar)."""
+    token = _callbacks.set((on_tick, on_replan, on_check))
+    try:
+        yield
+    finally:
+        _callbacks.reset(token)
+
+
+class TickCount:
+    """How many ticks a :func:`counting_ticks` block made."""
+
+    def __init__(self):
+        self.ticks = 0
+
+
+@contextlib.contextmanager
+def counting_ticks(forward: bool) -> Iterator[TickCount]:
+    """Count the ticks made inside the block; pass them and the Cancel checks on to the installed
+    callbacks only when ``forward`` (else the block runs silent and cannot be cancelled).
+
+    A CUDA graph is recorded from a silent run and replays without Python: the count is what a
+    replay then reports (:mod:`mambast.kernels.cuda_graphs`).
+    """
+    on_tick, on_replan, on_check = _callbacks.get()
+    count = TickCount()
+
+    def counted() -> None:
+        count.ticks += 1
+        if forward and on_tick is not None:
+            on_tick()
+
+    token = _callbacks.set((counted, on_replan if forward else None, on_check if forward else None))
+    try:
+        yield count
+    finally:
+        _callbacks.reset(token)
+
+
+class ProgressTracker:
+    """Ticks counted against the ticks planned for each image, reported as (done, total).
+
+    ``planned[i]`` is what image i should take (see :mod:`mambast.run.resources`). :meth:`replan`
+    replaces the current image's remaining plan (a retry in smaller tiles: the ticks already
+    spent stay counted, as work that ran); :meth:`image_done` closes an image, so the total is
+    always what ran plus what is still planned, and the bar ends exactly at its total.
+    """
+
+    def __init__(self, planned: Sequence[int], report: Callable[[int, int], None]):
+        self.later = [max(0, int(p)) for p in planned]
+        self.report = report
+        self.done = 0
+        self.current = self.later.pop(0) if self.later else 0  # ticks left planned for this image
+
+    @property
+    def total(self) -> int:
+        return self.done + self.current + sum(self.later)
+
+    def tick(self) -> None:
+        self.done += 1
+        self.current = max(0, self.current - 1)
+        self.report(self.done, self.total)
+
+    def replan(self, ticks: int) -> None:
+        self.current = max(0, int(ticks))
+        self.report(self.done, self.total)
+
+    def image_done(self) -> None:
+        self.current = self.later.pop(0) if self.later else 0
+        self.report(self.done, self.total)
