@@ -17,7 +17,7 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
-from ..mambast.network.checkpoint import PICKLE_SUFFIXES, WEIGHTS_SUFFIXES, WEIGHTS_URL, missing_weights_message
+from ..mambast import PICKLE_SUFFIXES, WEIGHTS_SUFFIXES, WEIGHTS_URL, missing_weights_message
 
 FOLDER = "mambast"
 LOGGER = logging.getLogger("ComfyUI-MambaST")

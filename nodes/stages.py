@@ -7,28 +7,15 @@ permutations: frames of a video do not flicker from reshuffling.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from ..mambast import MambaST, load, pair_batches
-from ..mambast.controls.colour import match_colour
-from ..mambast.controls.masking import shows_nothing
-from ..mambast.controls.seams import blend_grids, grid_offsets, shift_back, shift_onto_grid
-from ..mambast.controls.strength import fuse_with_strength
-from ..mambast.controls.temporal import smooth_over_time
-from ..mambast.controls.tiling import is_out_of_memory
-from ..mambast.kernels.cuda_graphs import replaying_repeats
-from ..mambast.kernels.scan import CHOICES as SCAN_BACKEND_CHOICES
-from ..mambast.network.checkpoint import DTYPES
-from ..mambast.network.encodings import ContentEncoding, StyleEncoding, StyleMix, batch_item, pending_style_images
-from ..mambast.run.pipeline import COLOUR_MODES, Controls, batch_ticks, finish, stylize_images, working_size
-from ..mambast.run.precision import automatic_dtype
-from ..mambast.run.resources import activation_bytes, decode_ticks, encode_ticks, fuse_ticks, tile_to_fit
-from ..mambast.utils.imaging import check_image
-from ..mambast.utils.progress import ProgressTracker, progress_callback
+from ..mambast import (COLOUR_MODES, DTYPES, SCAN_CHOICES as SCAN_BACKEND_CHOICES, Controls, MambaST, StyleEncoding,
+                       StyleMix, automatic_dtype, batch_item, finish, is_out_of_memory, load, match_colour,
+                       shows_nothing, tile_to_fit, working_size)
+from ..mambast.run import staged
 from . import comfy as host
 from .layout import join_image, normalise_mask, split_image
 
@@ -48,28 +35,19 @@ class LoadedModel:
 
 @dataclasses.dataclass
 class ContentPayload:
-    """MAMBAST_CONTENT: encoded content images, the images themselves (for the identity path of
-    the style strength) and the alpha channel to give back. With seam smoothing, ``shifted``
-    holds the encodings of the images on the other token grids, by offset."""
+    """MAMBAST_CONTENT: the encoded content images (on each token grid of the seam smoothing) and
+    the alpha channel to give back."""
 
-    encoding: ContentEncoding
-    image: torch.Tensor
+    contents: staged.EncodedContents
     alpha: torch.Tensor | None
-    shifted: dict[tuple[int, int], ContentEncoding] = dataclasses.field(default_factory=dict)
-
-    def grids(self) -> list[tuple[tuple[int, int], ContentEncoding]]:
-        return [((0, 0), self.encoding), *self.shifted.items()]
 
 
 @dataclasses.dataclass
 class FeaturesPayload:
-    """MAMBAST_FEATURES: fused features (B, d_model, h, w), the size to crop to, the alpha; with
-    seam smoothing, ``shifted`` holds the other grids' (features, size), by offset."""
+    """MAMBAST_FEATURES: the fused features (on each token grid) and the alpha channel to give back."""
 
-    features: torch.Tensor
-    image_size: tuple[int, int]
+    features: staged.FusedFeatures
     alpha: torch.Tensor | None
-    shifted: dict[tuple[int, int], tuple[torch.Tensor, tuple[int, int]]] = dataclasses.field(default_factory=dict)
 
 
 def needed_style_inputs(strength: float, inputs: dict, second_weight: float = 0.0) -> list[str]:
@@ -116,41 +94,23 @@ def load_model(checkpoint: str, dtype: str = "auto", scan: str = "auto") -> Load
 STAGED_ADVICE = "Use MambaST Stylize with a tile_size (e.g. 512), a smaller processing_size, or smaller images"
 
 
-@contextlib.contextmanager
-def _running(loaded: LoadedModel, planned: list[int], height: int, width: int, what: str,
-             advice: str = STAGED_ADVICE) -> Iterator[ProgressTracker]:
-    """Load the model for images of H x W (or tiles of that size) and track ``planned`` ticks.
-
-    Inside, every progress tick of the model checks ComfyUI's Cancel and moves the bar, whose
-    total is what the run really does (see :class:`ProgressTracker`); on CUDA, stages whose
-    shapes repeat (a batch, video frames) replay from CUDA graphs (:mod:`mambast.kernels.cuda_graphs`).
-    An out-of-memory error that escapes (the tiled fallback could not help) frees ComfyUI's
-    cache and says what to do.
-    """
-    model = loaded.model
-    host.load_for_inference(loaded.patcher, activation_bytes(model.config, height, width,
-                                                             device_type=host.load_device().type, dtype=model.dtype))
-    bar = host.progress_bar(max(1, sum(planned)))
-    tracker = ProgressTracker(planned, lambda done, total: bar.update_absolute(done, max(1, total)))
-
-    def on_tick() -> None:
-        host.throw_if_interrupted()
-        tracker.tick()
-
+def _run(loaded: LoadedModel, stage: staged.Stage, what: str, advice: str = STAGED_ADVICE):
+    """Load the model for the stage's working size, then run it with ComfyUI's progress bar and
+    Cancel (:func:`mambast.run.staged.run_stage`: a bar that ends exactly, CUDA graphs for shapes
+    that repeat). An out-of-memory error that escapes (the tiled fallback could not help) frees
+    ComfyUI's cache and says what to do."""
+    host.load_for_inference(loaded.patcher, staged.working_memory(stage, host.load_device().type))
+    bar = host.progress_bar(max(1, sum(stage.planned)))
     try:
-        with progress_callback(on_tick, tracker.replan, host.throw_if_interrupted), torch.inference_mode(), \
-                replaying_repeats(model.device):
-            yield tracker
+        return staged.run_stage(stage, lambda done, total: bar.update_absolute(done, max(1, total)),
+                                host.throw_if_interrupted)
     except Exception as error:
         if not is_out_of_memory(error):
             raise
         host.free_cache()
-        raise MemoryError(f"Out of memory while {what} a {width}x{height} image on {model.device}. {advice}; "
+        height, width = stage.working_size
+        raise MemoryError(f"Out of memory while {what} a {width}x{height} image on {loaded.model.device}. {advice}; "
                           "ComfyUI's cache was freed.") from None
-
-
-def _to(encoding: ContentEncoding, device: torch.device) -> ContentEncoding:
-    return dataclasses.replace(encoding, tokens=encoding.tokens.to(device))
 
 
 def seam_smoothing_grids(choice: str) -> int:
@@ -163,22 +123,8 @@ def encode_content(loaded: LoadedModel, image: torch.Tensor, seam_smoothing: str
     """MambaSTEncodeContent: IMAGE -> content encodings, one image at a time, on each token grid
     of the seam smoothing (the later stages follow the grids they are given)."""
     rgb, alpha = split_image(image, "content image")
-    check_image(rgb, "content")
-    model, storage = loaded.model, host.intermediate_device()
-    height, width = rgb.shape[-2:]
-    offsets = grid_offsets(seam_smoothing_grids(seam_smoothing), model.config.patch_size)
-    per_image = len(offsets) * encode_ticks(model.config, height, width, model.scan_backend)
-    grids: dict[tuple[int, int], list[ContentEncoding]] = {offset: [] for offset in offsets}
-    with _running(loaded, [per_image] * rgb.shape[0], height, width, "encoding") as tracker:
-        for index in range(rgb.shape[0]):
-            for offset in offsets:
-                one = shift_onto_grid(rgb[index:index + 1], offset)
-                grids[offset].append(_to(model.encode_content(one), storage))
-            tracker.image_done()
-    joined = {offset: dataclasses.replace(encodings[0], tokens=torch.cat([e.tokens for e in encodings]))
-              for offset, encodings in grids.items()}
-    plain = joined.pop((0, 0))
-    return ContentPayload(plain, rgb.to(storage), alpha, joined)
+    stage = staged.EncodeContents(loaded.model, rgb, seam_smoothing_grids(seam_smoothing), host.intermediate_device())
+    return ContentPayload(_run(loaded, stage, "encoding"), alpha)
 
 
 def encode_style(loaded: LoadedModel, image: torch.Tensor, style_scale: float = 1.0) -> StyleEncoding:
@@ -203,65 +149,16 @@ def fuse(loaded: LoadedModel, content: ContentPayload, style: StyleEncoding | St
          shuffle: bool = True, strength: float = 1.0, temporal_smoothing: float = 0.0) -> FeaturesPayload:
     """MambaSTFuse: the MSTD stage, one content image at a time, one seed for the batch, on each
     token grid the content was encoded on."""
-    encoding = content.encoding
-    count = encoding.tokens.shape[0]
-    if strength > 0:
-        if style is None:
-            raise ValueError("style: connect a style (MambaST Encode Style) or set strength to 0.")
-        pair_batches(count, style.batch_size)
-    model, storage = loaded.model, host.intermediate_device()
-    config, backend = model.config, model.scan_backend
-    grids = content.grids()
-    per_image, first_extra, seen = 0, 0, set()
-    for _, grid_encoding in grids:
-        grid_h, grid_w = grid_encoding.image_size
-        per_image += fuse_ticks(config, grid_h, grid_w, backend, strength)
-        if strength > 0 and grid_encoding.grid not in seen:
-            seen.add(grid_encoding.grid)
-            first_extra += pending_style_images(style, grid_encoding.grid) * encode_ticks(config, grid_h, grid_w,
-                                                                                         backend)
-    planned = [per_image + first_extra] + [per_image] * (count - 1)
-    fused: dict[tuple[int, int], list[torch.Tensor]] = {offset: [] for offset, _ in grids}
-    previous: dict[tuple[int, int], torch.Tensor | None] = {offset: None for offset, _ in grids}
-    height, width = encoding.image_size
-    with _running(loaded, planned, height, width, "fusing") as tracker:
-        # Encodings for a new grid are cached in the style object on the intermediate device: a
-        # batch of frames, and later runs with other seeds, encode the style once.
-        style_tokens = {offset: model.style_on_grid(style, grid_encoding, cache_device=storage)
-                        for offset, grid_encoding in grids} if strength > 0 else {}
-        for index in range(count):
-            image = batch_item(content.image, index).to(model.device)
-            for offset, grid_encoding in grids:
-                one_content = dataclasses.replace(grid_encoding,
-                                                  tokens=batch_item(grid_encoding.tokens, index).to(model.device))
-                one_style = (StyleEncoding(batch_item(style_tokens[offset], index), grid_encoding.grid)
-                             if strength > 0 else None)
-                features = fuse_with_strength(model, one_content, shift_onto_grid(image, offset), one_style,
-                                              strength, seed, shuffle)
-                previous[offset] = smooth_over_time(features, temporal_smoothing, previous[offset])
-                fused[offset].append(previous[offset].to(storage))
-            tracker.image_done()
-    shifted = {offset: (torch.cat(fused[offset]), grid_encoding.image_size) for offset, grid_encoding in grids[1:]}
-    return FeaturesPayload(torch.cat(fused[(0, 0)]), encoding.image_size, content.alpha, shifted)
+    stage = staged.FuseContents(loaded.model, content.contents, style, seed, shuffle, strength, temporal_smoothing,
+                                host.intermediate_device())
+    return FeaturesPayload(_run(loaded, stage, "fusing"), content.alpha)
 
 
 def decode(loaded: LoadedModel, features: FeaturesPayload) -> torch.Tensor:
     """MambaSTDecode: fused features -> IMAGE (clamped to 0..1, the content's alpha restored);
     the token grids of the seam smoothing decoded and blended."""
-    model, storage = loaded.model, host.intermediate_device()
-    count = features.features.shape[0]
-    grids = [((0, 0), features.features, features.image_size), *((o, f, size) for o, (f, size) in
-                                                                   features.shifted.items())]
-    offsets = [offset for offset, _, _ in grids]
-    planned = [decode_ticks(model.config) * len(grids)] * count
-    images = []
-    with _running(loaded, planned, *features.image_size, "decoding") as tracker:
-        for index in range(count):
-            decoded = [shift_back(model.decode(grid_features[index:index + 1], size), offset)
-                       for offset, grid_features, size in grids]
-            images.append(blend_grids(decoded, offsets, model.config.patch_size).to(storage))
-            tracker.image_done()
-    return join_image(torch.cat(images), features.alpha)
+    stage = staged.DecodeFeatures(loaded.model, features.features, host.intermediate_device())
+    return join_image(_run(loaded, stage, "decoding"), features.alpha)
 
 
 def stylize(loaded: LoadedModel, content_image: torch.Tensor, style_image: torch.Tensor | None, seed: int,
@@ -303,15 +200,10 @@ def stylize(loaded: LoadedModel, content_image: torch.Tensor, style_image: torch
                         temporal_smoothing=temporal_smoothing, processing_size=processing_size,
                         second_style_weight=second_style_weight, mask=mask, feather=feather,
                         invert_mask=invert_mask, tile=tile_size, seam_smoothing=seam_smoothing_grids(seam_smoothing))
-    planned = batch_ticks(model, (height, width), content_rgb.shape[0], controls,
-                          style_rgb, second_rgb)
-    tile_h, tile_w = (min(height, tile_size), min(width, tile_size)) if tile_size else (height, width)
+    stage = staged.StylizeBatch(model, content_rgb, style_rgb, controls, second_rgb, host.free_cache)
     advice = "Even the smallest tiles did not fit: close other programs or models, or use a smaller processing_size"
-    with _running(loaded, planned, tile_h, tile_w, "stylizing", advice) as tracker:
-        # Images stay where ComfyUI keeps them; each is moved to the model's device in turn.
-        stylized = stylize_images(model, content_rgb, style_rgb, controls, second_rgb,
-                                  lambda index: tracker.image_done(), host.free_cache)
-    return join_image(stylized.to(storage), alpha)
+    # Images stay where ComfyUI keeps them; each is moved to the model's device in turn.
+    return join_image(_run(loaded, stage, "stylizing", advice).to(storage), alpha)
 
 
 def keep_colour(content_image: torch.Tensor, stylized_image: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,6 @@ import functools
 import os
 
 from .. import mambast
-from ..mambast.kernels import scan as scan_backends
-from ..mambast.network.checkpoint import dtype_name
 from . import comfy as host
 from . import stages
 
@@ -34,13 +32,12 @@ def status_report(checkpoint: str | None = None, scan: str = "auto", dtype: str 
     the dense layers' dtype the loader will use (what ``auto`` resolves to on this machine).
     """
     device = host.load_device()
-    report: dict = {"device": str(device), "mamba_ssm": scan_backends.mamba_ssm_available(),
+    report: dict = {"device": str(device), "mamba_ssm": mambast.mamba_ssm_available(),
                     "folders": host.model_folders(), "checkpoints": host.list_checkpoints(), "ok": True}
     try:
-        chosen = scan_backends.resolve_backend(None if scan == "auto" else scan, device)
-        report["scan"] = scan_backends.runnable_backend(chosen, device, needs_grad=False)
-        report["dtype"] = dtype_name(stages.dense_dtype(stages.checked_choice(dtype, stages.DTYPE_CHOICES, "dtype"),
-                                                        device))
+        report["scan"] = mambast.scan_backend_for(scan, device)
+        dense = stages.dense_dtype(stages.checked_choice(dtype, stages.DTYPE_CHOICES, "dtype"), device)
+        report["dtype"] = mambast.dtype_name(dense)
         if checkpoint:
             path = host.resolve_checkpoint(checkpoint)
             report["weights"] = _check_weights(path, _modified(path))

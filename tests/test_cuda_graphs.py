@@ -224,6 +224,7 @@ def test_nodes_replay_repeated_stages_within_a_run(comfy, monkeypatch):
     # the pack's own modules (ComfyUI imports it under its folder's name), not the test's mambast
     pack_graphs = importlib.import_module(comfy.pack.__name__ + ".mambast.kernels.cuda_graphs")
     pack_progress = importlib.import_module(comfy.pack.__name__ + ".mambast.utils.progress")
+    pack_staged = importlib.import_module(comfy.pack.__name__ + ".mambast.run.staged")
     loaded = stages.load_model("small.safetensors", "auto", "auto")
     generator = torch.Generator().manual_seed(0)
     contents, style = torch.rand(3, 40, 48, 3, generator=generator), torch.rand(1, 32, 24, 3, generator=generator)
@@ -243,7 +244,7 @@ def test_nodes_replay_repeated_stages_within_a_run(comfy, monkeypatch):
         with graphs.active():
             yield graphs
 
-    monkeypatch.setattr(stages, "replaying_repeats", replaying)
+    monkeypatch.setattr(pack_staged, "replaying_repeats", replaying)
     replayed = run_all()
     assert all(torch.equal(a, b) for a, b in zip(replayed, plain))
     assert all(s.replays > 0 for s in stand_ins) and len(stand_ins) == 4  # three staged runs and one all-in-one

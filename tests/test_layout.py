@@ -61,7 +61,7 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[st
             else:
                 source = node.module or ""
             for alias in node.names:
-                submodule = f"{source}.{alias.name}"
+                submodule = f"{source}.{alias.name}" if source else alias.name
                 found.append((submodule if submodule in modules else source, typing_only))
     return found
 
@@ -138,6 +138,13 @@ def test_the_library_never_imports_comfyui():
     found = [f"{name} imports {target}" for name, path in sorted(modules.items()) if name.startswith("mambast")
              for target, _ in imports_of(name, path, modules) if target.split(".")[0] in HOST_MODULES]
     assert not found, found
+
+
+def test_the_nodes_use_few_library_modules():
+    graph = project_graph()
+    used = sorted({target for source, targets in graph.items() if source.startswith("nodes")
+                   for target in targets if target.startswith("mambast")})
+    assert len(used) <= MOST_MAMBAST_MODULES_FOR_NODES, used
 
 
 def test_the_library_folder_holds_few_modules_directly():

@@ -52,9 +52,7 @@ class MambaST(nn.Module):
     @property
     def scan_backend(self) -> str:
         """The selective-scan backend that runs on the model's device."""
-        device = self.device
-        return scan_backends.runnable_backend(scan_backends.resolve_backend(self._scan_choice, device), device,
-                                              needs_grad=False)
+        return scan_backends.backend_for(self._scan_choice, self.device)
 
     _scan_choice: str | None = None
 

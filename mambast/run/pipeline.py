@@ -1,7 +1,8 @@
 """Stylize a batch of images with every artist control, one image at a time.
 
-The all-in-one path of the ComfyUI pack and of scripts; the staged nodes call the same pieces
-(fuse_with_strength, smooth_over_time, keep_content_colour, composite) in the same order.
+The all-in-one path of the ComfyUI pack (MambaST Stylize) and of scripts. It walks the batch and
+each image's token grids with the steps of :mod:`mambast.run.steps`, which the staged nodes run
+too; colour and mask are applied after decoding by :func:`finish`, which those nodes share.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ import torch
 
 from ..controls.colour import keep_content_colour, match_colour
 from ..controls.masking import composite, prepare_mask, shows_nothing
-from ..controls.seams import check_seam_smoothing, on_grids
+from ..controls.seams import blend_grids, check_seam_smoothing, grid_offsets
 from ..controls.shuffle import new_seed
-from ..controls.strength import fuse_with_strength
-from ..controls.temporal import smooth_over_time
 from ..controls.tiling import Region, check_tile_size, run_in_tiles, tile_count, with_smaller_tiles_on_out_of_memory
 from ..network.encodings import StyleEncoding, StyleMix, StyleSource, batch_item, pair_batches, pending_style_images
 from ..network.model import MambaST
 from ..utils.imaging import resize
 from ..utils.progress import replan
 from .resources import stylize_ticks, token_grid
+from .steps import Offset, decode_on_grid, each_image, encode_on_grid, fuse_on_grid
 
 COLOUR_MODES = ("style", "keep content", "match style to content")
 
@@ -78,16 +78,14 @@ def stylize_images(model: MambaST, content: torch.Tensor, style: torch.Tensor | 
         raise ValueError(f"Cannot pair {content.shape[0]} content image(s) with {controls.mask.shape[0]} masks: give "
                          "one mask (used for every image) or one mask per content image.")
     styles = prepare_styles(content, style, second_style, controls)
-    outputs: list[torch.Tensor] = []
-    previous: dict[Region, torch.Tensor] = {}  # smoothed features of the last frame, by tile
+    previous: dict[tuple[Region, Offset], torch.Tensor] = {}  # smoothed features of the last frame, by tile and grid
     tile = controls.tile  # once a run needed smaller tiles, the next images start with them
-    for index in range(content.shape[0]):
+
+    def stylize_one(index: int) -> torch.Tensor:
+        nonlocal tile
         original = content[index:index + 1]
         if masked_out(controls, index):  # nothing would show: no model work
-            outputs.append(original.float())
-            if image_done is not None:
-                image_done(index)
-            continue
+            return original.float()
         working = resize(original, working_size(tuple(original.shape[-2:]), controls.processing_size))
         size = tuple(working.shape[-2:])
         if tile != controls.tile:
@@ -105,10 +103,9 @@ def stylize_images(model: MambaST, content: torch.Tensor, style: torch.Tensor | 
         image = with_smaller_tiles_on_out_of_memory(attempt, tile, max(size), on_retry=retry,
                                                     release_memory=release_memory)
         image = resize(image, tuple(original.shape[-2:]))
-        outputs.append(finish(original, image.to(original.device), controls, index))
-        if image_done is not None:
-            image_done(index)
-    return torch.cat(outputs)
+        return finish(original, image.to(original.device), controls, index)
+
+    return torch.cat(each_image(content.shape[0], stylize_one, image_done))
 
 
 def prepare_styles(content: torch.Tensor, style: torch.Tensor | None, second_style: torch.Tensor | None,
@@ -131,27 +128,18 @@ def prepare_styles(content: torch.Tensor, style: torch.Tensor | None, second_sty
 
 def _stylize_region(model: MambaST, styles: StyleSource | None, index: int, controls: Controls,
                     previous: dict, image: torch.Tensor, region: Region) -> torch.Tensor:
-    """One content image, or one tile of it, on each token grid of the seam smoothing, blended."""
-    return on_grids(lambda shifted, offset: _stylize_on_grid(model, styles, index, controls, previous, shifted,
-                                                             (region, offset)),
-                    image, controls.seam_smoothing, model.config.patch_size)
-
-
-def _stylize_on_grid(model: MambaST, styles: StyleSource | None, index: int, controls: Controls, previous: dict,
-                     image: torch.Tensor, key: tuple) -> torch.Tensor:
-    """Encode, fuse with the controls, smooth over time, decode."""
-    encoding = model.encode_content(image)
-    one_style = None
-    if styles is not None:
-        tokens = model.style_on_grid(styles, encoding)
-        one_style = StyleEncoding(batch_item(tokens, index), encoding.grid)
-    features = fuse_with_strength(model, encoding, image, one_style, controls.strength, controls.seed,
-                                  controls.shuffle)
-    if controls.temporal_smoothing:
+    """One content image, or one tile of it: on each token grid of the seam smoothing encoded, fused
+    with the controls, smoothed over time and decoded (a grid at a time), then blended."""
+    offsets = grid_offsets(controls.seam_smoothing, model.config.patch_size)
+    decoded = []
+    for offset in offsets:
+        encoding, shifted = encode_on_grid(model, image, offset)
+        tokens = model.style_on_grid(styles, encoding) if styles is not None else None
         # Keyed by the tile's place and grid: after a retry in smaller tiles the next frame starts afresh.
-        features = smooth_over_time(features, controls.temporal_smoothing, previous.get(key))
-        previous[key] = features
-    return model.decode(features, encoding.image_size)
+        features = fuse_on_grid(model, encoding, shifted, tokens, index, controls.strength, controls.seed,
+                                controls.shuffle, controls.temporal_smoothing, previous, (region, offset))
+        decoded.append(decode_on_grid(model, features, encoding.image_size, offset))
+    return blend_grids(decoded, offsets, model.config.patch_size)
 
 
 def image_ticks(model: MambaST, size: tuple[int, int], controls: Controls, style_images: int = 0) -> int:

@@ -122,6 +122,12 @@ def runnable_backend(name: str, device: torch.device, needs_grad: bool) -> str:
     return name
 
 
+def backend_for(choice: str | None, device: torch.device, needs_grad: bool = False) -> str:
+    """The backend that runs for a user's ``choice`` (a name, or "auto"/None for the automatic
+    rule and ``MAMBAST_SCAN``) on ``device``; a ValueError names a choice that cannot be used."""
+    return runnable_backend(resolve_backend(choice, device), device, needs_grad)
+
+
 @functools.lru_cache(maxsize=None)
 def triton_trains_on(device: torch.device) -> bool:
     """Whether our Triton scan's backward pass gives the chunked scan's gradients on ``device``.
@@ -165,7 +171,7 @@ def selective_scan(
     return BACKENDS[name](u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
-__all__ = ["BACKENDS", "CHOICES", "ENV_VARIABLE", "check_scan_shapes", "mamba_ssm_available",
+__all__ = ["BACKENDS", "CHOICES", "ENV_VARIABLE", "backend_for", "check_scan_shapes", "mamba_ssm_available",
            "numba_available", "resolve_backend", "runnable_backend", "scan_ticks", "selective_scan", "selective_scan_chunked",
            "selective_scan_chunked_directions", "selective_scan_reference", "triton_available", "triton_trains_on",
            "validate_backend_name"]
