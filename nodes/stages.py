@@ -74,7 +74,7 @@ def checked_choice(value: str, choices: tuple[str, ...], name: str) -> str:
 def dense_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
     """The dense layers' dtype for a loader choice. ``auto`` is float32 on GPUs (half precision
     changed the picture visibly, bfloat16 up to 0.08 max abs at 512 px, and was not faster for
-    single images in the README's measurements) and on CPUs, except on a CPU with native
+    single images in docs/gpu.md's measurements) and on CPUs, except on a CPU with native
     bfloat16 where bfloat16 measured faster (:func:`mambast.run.precision.automatic_dtype`); the
     halves stay a choice."""
     if choice != "auto":

@@ -16,7 +16,7 @@ MIB = 2**20
 #   run to run; the highest of the runs counts: 512 px 205, 221, 237, 268, 301, 301, 309, 333, 328
 #   (eight runs of bench/memory.py and bench/stylize.py); 1024 px 748, 748, 772, 804, 848 (the last
 #   with the fused passes of mambast.kernels.fused); 2048 px 3028.
-# - CUDA: the H200 figures of `python bench/gpu.py` in the README (peak allocated, triton scan)
+# - CUDA: the H200 figures of `python bench/gpu.py` in docs/gpu.md (peak allocated, triton scan)
 #   less the weights (90 MiB in float32, 46 MiB in bfloat16), 2026-11-27.
 MEASURED = {
     ("cpu", torch.float32): {512: 333, 1024: 848, 2048: 3028},

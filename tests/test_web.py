@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -10,9 +11,8 @@ import pytest
 
 from conftest import ROOT
 
-NODE_IDS = ["MambaSTLoader", "MambaSTEncodeContent", "MambaSTEncodeStyle", "MambaSTFuse", "MambaSTDecode",
-            "MambaSTStylize"]
-NODE_IDS += ["MambaSTStyleBlend", "MambaSTMaskComposite", "MambaSTKeepContentColour", "MambaSTMatchColour"]
+# Every node the schema defines (read from its source: importing it needs ComfyUI).
+NODE_IDS = re.findall(r"^class (\w+)\(io\.ComfyNode\):", (ROOT / "nodes" / "schema.py").read_text(), re.M)
 CORE_NODES = {"LoadImage", "SaveImage", "UpscaleModelLoader", "ImageUpscaleWithModel", "LoadVideo",
               "GetVideoComponents", "CreateVideo", "SaveVideo", "PreviewImage", "ImageCompositeMasked", "SolidMask",
               "MaskComposite", "Note", "CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncode", "KSampler",
@@ -22,6 +22,10 @@ MODEL_LOADERS = {"UpscaleModelLoader": "upscale_models", "CheckpointLoaderSimple
 # Inputs every ComfyUI install has (its example.png) or the pack copies into the input folder.
 SHIPPED_INPUTS = {"example.png"} | {p.name for p in (ROOT / "example_inputs").glob("mambast_example_*")}
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+
+
+def test_the_node_list_is_read_from_the_schema():
+    assert len(NODE_IDS) == 10 and {"MambaSTLoader", "MambaSTStylize", "MambaSTMatchColour"} <= set(NODE_IDS)
 
 
 @pytest.mark.parametrize("node_id", NODE_IDS)

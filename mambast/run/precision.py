@@ -3,12 +3,12 @@
 bfloat16 halves the dense layers' memory traffic and, on CPUs with native bfloat16 arithmetic
 (AVX512-BF16 or AMX on x86, the BF16 extension on Arm), lets oneDNN run them up to several times
 faster; elsewhere oneDNN converts to float32 and back and bfloat16 is slower. It also changes the
-picture (README, "Performance"), and the CNN decoder loses NNPACK's float32 Winograd kernels. So
-"auto" is bfloat16 only on a CPU that has the instructions *and* where a short measurement on the
-model's own layer shapes finds it at least ``MIN_SPEEDUP`` times faster; float32 otherwise, and on
-GPUs (where half precision was not faster for single images). The measurement runs once per
-process, the first time it is asked for. ``MAMBAST_AUTO_DTYPE`` (float32, bfloat16, float16)
-fixes what "auto" means instead.
+picture (docs/performance.md, "bfloat16 on CPUs"), and the CNN decoder loses NNPACK's float32
+Winograd kernels. So "auto" is bfloat16 only on a CPU that has the instructions *and* where a short
+measurement on the model's own layer shapes finds it at least ``MIN_SPEEDUP`` times faster; float32
+otherwise, and on GPUs (where half precision was not faster for single images). The measurement
+runs once per process, the first time it is asked for. ``MAMBAST_AUTO_DTYPE`` (float32, bfloat16,
+float16) fixes what "auto" means instead.
 """
 
 from __future__ import annotations
