@@ -9,7 +9,8 @@ The names imported here are the library's public face (the README shows them in 
 sub-packages are grouped by role, each importing only from the ones listed before it: ``utils``
 (progress, files, images), ``kernels`` (scan backends, fused passes, CUDA graphs), ``controls``
 (what artists turn), ``network`` (the architecture and its weights), ``run`` (stylizing batches,
-the staged API of the nodes, estimates), then ``training``, ``evaluation`` and ``commands``.
+the staged API of the nodes, estimates), then ``training``, ``evaluation``, ``release`` (installing
+the authors' weights) and ``commands``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from conftest import ROOT
 # The library's floors, lowest first: a module imports from its own floor or a lower one (type
 # hints under TYPE_CHECKING aside: the controls annotate the model they are handed).
 FLOORS = {"utils": 0, "kernels": 1, "controls": 2, "network": 3, "run": 4, "training": 5, "evaluation": 5,
-          "commands": 6, "__main__": 7, "": 8}
+          "release": 5, "commands": 6, "__main__": 7, "": 8}
 HOST_MODULES = ("comfy", "comfy_api", "comfy_execution", "folder_paths", "server", "aiohttp", "nodes")
 MOST_MAMBAST_MODULES_FOR_NODES = 3
 MOST_MODULES_DIRECTLY_IN_MAMBAST = 12

@@ -190,7 +190,7 @@ def classify_state_dict(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _check_one_checkpoint(folder: Path, found: dict[str, list[Path]]) -> None:
+def check_one_checkpoint(folder: Path, found: dict[str, list[Path]]) -> None:
     """Refuse a folder whose part files come from more than one checkpoint."""
     for kind, paths in found.items():
         if len(paths) > 1:
@@ -216,7 +216,7 @@ def read_official_folder(folder: Path) -> Checkpoint:
         if kind in PARTS:
             found.setdefault(kind, []).append(path)
             parts[kind] = state
-    _check_one_checkpoint(folder, found)
+    check_one_checkpoint(folder, found)
     missing = [kind for kind in PARTS if kind not in found]
     if missing:
         folders = [p.name for p in entries if p.is_dir()]

@@ -40,7 +40,8 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 
 @functools.lru_cache(maxsize=1)
-def _released_shapes() -> dict[str, torch.Size]:
+def released_shapes() -> dict[str, torch.Size]:
+    """Every tensor's shape in the released architecture (3 + 3 layers, d_model 512), by key."""
     with torch.device("meta"):
         return {k: v.shape for k, v in MambaST(MambaSTConfig()).state_dict().items()}
 
@@ -51,7 +52,7 @@ def validate(checkpoint: Checkpoint) -> MambaSTConfig:
     Raises CheckpointError naming the file, the key and the expected and found shapes, the files
     of parts that come from different models, or the tensors holding NaN or infinite values.
     """
-    check_dimensions(checkpoint, _released_shapes())
+    check_dimensions(checkpoint, released_shapes())
     check_parts_agree(checkpoint)
     try:
         config = MambaSTConfig.from_state_dict(checkpoint.tensors)
