@@ -20,7 +20,8 @@ from .controls.masking import shows_nothing
 from .controls.seams import SEAM_SMOOTHING_CHOICES
 from .controls.tiling import is_out_of_memory, run_in_tiles, stylize_tiled, stylize_with_fallback
 from .kernels.cuda_graphs import GraphedStylize, StageGraphs
-from .kernels.scan import CHOICES as SCAN_CHOICES, backend_for as scan_backend_for, mamba_ssm_available
+from .kernels.scan import (CHOICES as SCAN_CHOICES, backend_for as scan_backend_for, mamba_ssm_available,
+                           numba_available)
 from .network.checkpoint import (DTYPES, PICKLE_SUFFIXES, WEIGHTS_SUFFIXES, WEIGHTS_URL, Checkpoint, CheckpointError,
                                  convert_to_safetensors, dtype_name, missing_weights_message, read_checkpoint)
 from .network.config import MambaSTConfig
@@ -48,6 +49,6 @@ __all__ = [
     "run_in_tiles", "is_out_of_memory", "keep_content_colour", "match_colour", "shows_nothing",
     "SEAM_SMOOTHING_CHOICES",
     # how it runs
-    "SCAN_CHOICES", "scan_backend_for", "mamba_ssm_available", "GraphedStylize", "StageGraphs", "progress_callback",
+    "SCAN_CHOICES", "scan_backend_for", "mamba_ssm_available", "numba_available", "GraphedStylize", "StageGraphs", "progress_callback",
     "activation_bytes", "tile_to_fit",
 ]

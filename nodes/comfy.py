@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -162,16 +162,32 @@ def progress_bar(total: int) -> Any:
 
 def warn_on_node(text: str) -> None:
     """A warning in the log and, while a node runs, as text on that node in the frontend."""
-    LOGGER.warning("MambaST: %s", text)
+    notifier(logging.WARNING)(text)
+
+
+def notifier(level: int = logging.INFO) -> Callable[[str], None]:
+    """A function that puts a text in the log and on the node running now, callable from any
+    thread (the node is found here, in the thread that runs it)."""
+    node_id = None
     try:
         from comfy_execution.utils import get_executing_context
-        from server import PromptServer
 
         context = get_executing_context()
-        if context is not None and PromptServer.instance is not None:
-            PromptServer.instance.send_progress_text(text, context.node_id)
+        node_id = context.node_id if context is not None else None
     except Exception:  # an older ComfyUI, or no server (scripts): the log has it
         pass
+
+    def tell(text: str) -> None:
+        LOGGER.log(level, "MambaST: %s", text)
+        try:
+            from server import PromptServer
+
+            if node_id is not None and PromptServer.instance is not None:
+                PromptServer.instance.send_progress_text(text, node_id)
+        except Exception:
+            pass
+
+    return tell
 
 
 def free_cache() -> None:

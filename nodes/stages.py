@@ -103,7 +103,7 @@ def _run(loaded: LoadedModel, stage: staged.Stage, what: str, advice: str = STAG
     bar = host.progress_bar(max(1, sum(stage.planned)))
     try:
         return staged.run_stage(stage, lambda done, total: bar.update_absolute(done, max(1, total)),
-                                host.throw_if_interrupted)
+                                host.throw_if_interrupted, host.notifier())
     except Exception as error:
         if not is_out_of_memory(error):
             raise

@@ -10,6 +10,10 @@ from . import comfy as host
 from . import stages
 
 
+# What a CPU run without Numba misses (docs/performance.md: about half the time at 512 px with it).
+NUMBA_HINT = "pip install numba in ComfyUI's Python: about twice as fast on this CPU"
+
+
 @functools.lru_cache(maxsize=8)
 def _check_weights(path: str, modified: float) -> str:
     """A one-line description of the architecture; raises CheckpointError when unusable."""
@@ -51,6 +55,9 @@ def status_report(checkpoint: str | None = None, scan: str = "auto", dtype: str 
     if report["ok"]:
         weights = f" | {report['weights']}" if "weights" in report else ""
         report["summary"] = f"{head}{weights}"
+        if device.type == "cpu" and not mambast.numba_available():
+            report["hint"] = NUMBA_HINT
+            report["summary"] += f" | {NUMBA_HINT}"
     else:
         report["summary"] = f"{head} | not usable: {report['short']}"
     return report

@@ -204,9 +204,10 @@ def test_status_reports_device_backend_and_whether_weights_load(comfy, tmp_path)
     good = status.status_report("small.safetensors", "auto")
     assert good["ok"] and good["device"] == "cpu" and good["scan"] == automatic and good["dtype"] == "float32"
     # what "auto" resolves to here (the tests pin it to float32, see conftest)
-    assert good["summary"] == f"cpu | {automatic} scan | float32 (auto) | 2+2 layers, d_model 64, d_state 8"
+    hint = "" if scan.numba_available() else f" | {status.NUMBA_HINT}"
+    assert good["summary"] == f"cpu | {automatic} scan | float32 (auto) | 2+2 layers, d_model 64, d_state 8{hint}"
     chosen = status.status_report("small.safetensors", "chunked", "bfloat16")
-    assert chosen["summary"] == "cpu | chunked scan | bfloat16 | 2+2 layers, d_model 64, d_state 8"
+    assert chosen["summary"] == f"cpu | chunked scan | bfloat16 | 2+2 layers, d_model 64, d_state 8{hint}"
     unknown = status.status_report("small.safetensors", "auto", "float8")
     assert not unknown["ok"] and "dtype" in unknown["message"] and "float32" in unknown["message"]
     assert unknown["summary"].endswith("not usable: " + unknown["short"])
@@ -215,6 +216,15 @@ def test_status_reports_device_backend_and_whether_weights_load(comfy, tmp_path)
     bad = status.status_report("broken.safetensors", "reference")
     assert not bad["ok"] and "broken.safetensors" in bad["message"] and bad["scan"] == "reference"
     assert "not usable" in bad["summary"]
+
+
+def test_status_on_a_cpu_without_numba_says_what_installing_it_gains(comfy, monkeypatch):
+    status = importlib.import_module(comfy.pack.__name__ + ".nodes.status")
+    monkeypatch.setattr(status.mambast, "numba_available", lambda: False)
+    report = status.status_report("small.safetensors", "auto")
+    assert report["ok"] and report["hint"] == status.NUMBA_HINT and report["summary"].endswith(status.NUMBA_HINT)
+    monkeypatch.setattr(status.mambast, "numba_available", lambda: True)
+    assert "hint" not in status.status_report("small.safetensors", "auto")
 
 
 def test_status_without_any_weights_says_where_to_get_them(comfy):

@@ -235,3 +235,40 @@ def test_kernels_cached_under_one_import_name_run_under_another(tmp_path):
     assert list((pack / "mambast" / "kernels" / "scan" / "__pycache__").glob("numba_kernel.advance_chunk-*.nbi"))
     assert run(tmp_path, "Pack.mambast") == first  # the entries name the module "mambast"
     assert run(tmp_path, "Pack.mambast") == first  # now cached under this name
+
+
+@needs_numba
+def test_a_slow_first_kernel_call_is_announced_once_and_a_fast_one_not_at_all(monkeypatch):
+    """Compiling the kernels keeps the first run waiting: the user is told, through the host's notice."""
+    import time
+
+    from mambast.kernels.scan import numba_scan
+    from mambast.utils import progress
+
+    told = []
+    monkeypatch.setattr(numba_scan, "_launched", set())
+
+    def slow(seconds: float) -> None:
+        time.sleep(seconds)
+
+    def fast() -> None:
+        pass
+
+    original = progress.notice_if_slow
+    monkeypatch.setattr(numba_scan, "notice_if_slow", lambda text: original(text, after=0.05))
+    with progress.progress_callback(None, None, None, told.append):
+        numba_scan.launch(slow, 0.3)
+        numba_scan.launch(slow, 0.3)  # called before: not announced again
+        numba_scan.launch(fast)
+        time.sleep(0.1)
+    assert told == [numba_scan.COMPILING_NOTICE]
+
+
+def test_a_notice_without_a_host_goes_to_the_log(caplog):
+    import time
+
+    from mambast.utils.progress import notice_if_slow
+
+    with caplog.at_level("WARNING"), notice_if_slow("compiling", after=0.01):
+        time.sleep(0.2)
+    assert "compiling" in caplog.text

@@ -254,11 +254,13 @@ class StylizeBatch(Stage[torch.Tensor]):
 
 
 def run_stage(stage: Stage[Result], report: Callable[[int, int], None] | None = None,
-              check_cancel: Callable[[], None] | None = None) -> Result:
+              check_cancel: Callable[[], None] | None = None, notice: Callable[[str], None] | None = None
+              ) -> Result:
     """Run ``stage`` for inference with a host's progress ``report(done, total)`` (a total that ends
     exactly at what ran) and ``check_cancel`` (raise to stop) called at every tick and cancel
-    point; on CUDA, stages whose shapes repeat (a batch, video frames) replay from CUDA graphs,
-    dropped when the stage ends (:mod:`mambast.kernels.cuda_graphs`)."""
+    point; ``notice(text)`` tells the user of a long first wait (compiling the CPU kernels). On
+    CUDA, stages whose shapes repeat (a batch, video frames) replay from CUDA graphs, dropped when
+    the stage ends (:mod:`mambast.kernels.cuda_graphs`)."""
     tracker = ProgressTracker(stage.planned, report or (lambda done, total: None))
 
     def on_tick() -> None:
@@ -266,7 +268,7 @@ def run_stage(stage: Stage[Result], report: Callable[[int, int], None] | None = 
             check_cancel()
         tracker.tick()
 
-    with progress_callback(on_tick, tracker.replan, check_cancel), torch.inference_mode(), \
+    with progress_callback(on_tick, tracker.replan, check_cancel, notice), torch.inference_mode(), \
             replaying_repeats(stage.model.device):
         return stage.run(lambda index: tracker.image_done())
 

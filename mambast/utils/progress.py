@@ -3,9 +3,10 @@
 The library never imports a host: it calls :func:`tick` between blocks and every few chunks of
 a scan, :func:`cancel_point` inside long operations (bands of a large convolution or dense
 layer: places to stop that are not progress), and :func:`replan` when a run starts over
-differently (smaller tiles after running out of memory); a host installs callbacks with
-:func:`progress_callback`. A callback may raise (e.g. ComfyUI's interrupt exception) to stop the
-computation at that point.
+differently (smaller tiles after running out of memory), and :func:`notice_if_slow` around a
+call that may keep the user waiting the first time (compiling kernels); a host installs callbacks
+with :func:`progress_callback`. A callback may raise (e.g. ComfyUI's interrupt exception) to stop
+the computation at that point.
 :class:`ProgressTracker` turns those calls into a bar that reaches its end exactly.
 """
 
@@ -13,11 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
+import threading
 from typing import Callable, Iterator, Sequence
 
+log = logging.getLogger(__name__)
+
 _callbacks: contextvars.ContextVar[tuple[Callable[[], None] | None, Callable[[int], None] | None,
-                                         Callable[[], None] | None]] = \
-    contextvars.ContextVar("mambast_progress", default=(None, None, None))
+                                         Callable[[], None] | None, Callable[[str], None] | None]] = \
+    contextvars.ContextVar("mambast_progress", default=(None, None, None, None))
 
 
 def tick() -> None:
@@ -42,12 +47,36 @@ def cancel_point() -> None:
 
 
 @contextlib.contextmanager
+def notice_if_slow(text: str, after: float = 2.0) -> Iterator[None]:
+    """Tell the user ``text`` if the block is still running ``after`` seconds in: through the host's
+    notice callback when one is installed (ComfyUI shows it on the node), else in the log. For a
+    wait that only the first run pays (compiling kernels), so that it is not a silent one."""
+    on_notice = _callbacks.get()[3]
+
+    def tell() -> None:
+        if on_notice is not None:
+            on_notice(text)
+        else:
+            log.warning("MambaST: %s", text)
+
+    timer = threading.Timer(after, tell)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+@contextlib.contextmanager
 def progress_callback(on_tick: Callable[[], None] | None, on_replan: Callable[[int], None] | None = None,
-                      on_check: Callable[[], None] | None = None) -> Iterator[None]:
+                      on_check: Callable[[], None] | None = None,
+                      on_notice: Callable[[str], None] | None = None) -> Iterator[None]:
     """Install the callbacks for the duration of the ``with`` block (in this thread/context).
 
-    ``on_check`` is called at each :func:`cancel_point` (a Cancel check that moves no bar)."""
-    token = _callbacks.set((on_tick, on_replan, on_check))
+    ``on_check`` is called at each :func:`cancel_point` (a Cancel check that moves no bar);
+    ``on_notice(text)`` by :func:`notice_if_slow`, possibly from another thread."""
+    token = _callbacks.set((on_tick, on_replan, on_check, on_notice))
     try:
         yield
     finally:
@@ -69,7 +98,7 @@ def counting_ticks(forward: bool) -> Iterator[TickCount]:
     A CUDA graph is recorded from a silent run and replays without Python: the count is what a
     replay then reports (:mod:`mambast.kernels.cuda_graphs`).
     """
-    on_tick, on_replan, on_check = _callbacks.get()
+    on_tick, on_replan, on_check, on_notice = _callbacks.get()
     count = TickCount()
 
     def counted() -> None:
@@ -77,7 +106,7 @@ def counting_ticks(forward: bool) -> Iterator[TickCount]:
         if forward and on_tick is not None:
             on_tick()
 
-    token = _callbacks.set((counted, on_replan if forward else None, on_check if forward else None))
+    token = _callbacks.set((counted, on_replan if forward else None, on_check if forward else None, on_notice))
     try:
         yield count
     finally:

@@ -18,6 +18,7 @@ threading layers abort the process when two threads launch parallel kernels at o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -25,7 +26,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ...utils.progress import tick
+from ...utils.progress import notice_if_slow, tick
 from .chunked import LowRankDelta
 from .contract import check_direction_shapes, check_scan_shapes
 
@@ -34,6 +35,9 @@ from .contract import check_direction_shapes, check_scan_shapes
 DEFAULT_CHUNK = 256
 _LOG2_E = 1.0 / math.log(2.0)
 _launch_lock = threading.Lock()
+_launched: set = set()  # kernels called at least once in this process (their first call may compile them)
+COMPILING_NOTICE = ("compiling the CPU kernels with Numba: once per install, about 20 s on a 2-core CPU; later "
+                    "runs load them from Numba's cache")
 
 
 @functools.lru_cache(maxsize=1)
@@ -233,12 +237,15 @@ def launch(kernel: Callable, *arguments) -> None:
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     with _launch_lock:
         numba.set_num_threads(threads)
-        try:
-            kernel(*arguments)
-        except ImportError:
-            if not _drop_caches_of(kernel):
-                raise
-            kernel(*arguments)
+        first = kernel not in _launched
+        with notice_if_slow(COMPILING_NOTICE) if first else contextlib.nullcontext():
+            try:
+                kernel(*arguments)
+            except ImportError:
+                if not _drop_caches_of(kernel):
+                    raise
+                kernel(*arguments)
+        _launched.add(kernel)
 
 
 def _drop_caches_of(kernel: Callable) -> bool:
