@@ -28,6 +28,8 @@ from .network.config import MambaSTConfig
 from .network.encodings import ContentEncoding, StyleEncoding, StyleMix, StyleSource, batch_item, pair_batches
 from .network.loading import build, default_device, load, validate
 from .network.model import MambaST
+from .release import (DownloadStopped, FileProgress, InstallError, InstallReport, download_weights, install_from,
+                      manual_steps)
 from .run.pipeline import COLOUR_MODES, Controls, finish, stylize_images, working_size
 from .run.precision import automatic_dtype
 from .run.resources import activation_bytes, tile_to_fit
@@ -41,7 +43,8 @@ __all__ = [
     "MambaST", "MambaSTConfig", "ContentEncoding", "StyleEncoding", "StyleMix", "StyleSource", "batch_item",
     "pair_batches", "load", "build", "validate", "default_device", "read_checkpoint", "Checkpoint", "CheckpointError",
     "convert_to_safetensors", "missing_weights_message", "WEIGHTS_URL", "WEIGHTS_SUFFIXES", "PICKLE_SUFFIXES",
-    "DTYPES", "dtype_name", "automatic_dtype",
+    "DTYPES", "dtype_name", "automatic_dtype", "download_weights", "install_from", "manual_steps", "InstallError",
+    "InstallReport", "DownloadStopped", "FileProgress",
     # images
     "read_image", "write_image", "check_image", "ImageFileError", "IMAGE_SUFFIXES",
     # stylizing with the controls

@@ -110,7 +110,7 @@ class UnknownCheckpoint(ValueError):
     def short(self) -> str:
         """The essential part, for the loader's status line."""
         if not self.offered:
-            return f"no weights in models/{FOLDER}: put the official files in a sub-folder there"
+            return "no Mamba-ST weights installed yet"
         shown = ", ".join(self.offered[:4]) + (", ..." if len(self.offered) > 4 else "")
         return f"{self.name!r} is not in models/{FOLDER}, which has {shown}"
 

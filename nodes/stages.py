@@ -91,6 +91,8 @@ def load_model(checkpoint: str, dtype: str = "auto", scan: str = "auto") -> Load
     return LoadedModel(host.wrap_model(model), checkpoint, model)
 
 
+# Progress messages to the browser: a few a second, and the last (Cancel is still checked at every tick).
+PROGRESS_INTERVAL = 0.25
 STAGED_ADVICE = "Use MambaST Stylize with a tile_size (e.g. 512), a smaller processing_size, or smaller images"
 
 
@@ -103,7 +105,7 @@ def _run(loaded: LoadedModel, stage: staged.Stage, what: str, advice: str = STAG
     bar = host.progress_bar(max(1, sum(stage.planned)))
     try:
         return staged.run_stage(stage, lambda done, total: bar.update_absolute(done, max(1, total)),
-                                host.throw_if_interrupted, host.notifier())
+                                host.throw_if_interrupted, host.notifier(), PROGRESS_INTERVAL)
     except Exception as error:
         if not is_out_of_memory(error):
             raise

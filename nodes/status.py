@@ -8,6 +8,7 @@ import os
 from .. import mambast
 from . import comfy as host
 from . import stages
+from .download import OFFICIAL
 
 
 # What a CPU run without Numba misses (docs/performance.md: about half the time at 512 px with it).
@@ -46,9 +47,12 @@ def status_report(checkpoint: str | None = None, scan: str = "auto", dtype: str 
             path = host.resolve_checkpoint(checkpoint)
             report["weights"] = _check_weights(path, _modified(path))
         elif not report["checkpoints"]:
-            raise ValueError(mambast.missing_weights_message(report["folders"]))
+            raise host.UnknownCheckpoint("", [])
     except (ValueError, OSError) as error:  # CheckpointError is a ValueError
         report["ok"], report["message"], report["short"] = False, str(error), short_reason(error)
+        # The Loader offers to fetch the release where it is not installed (nothing else usable may be).
+        about_weights = isinstance(error, (host.UnknownCheckpoint, mambast.CheckpointError)) or not report["checkpoints"]
+        report["download"] = about_weights and f"{OFFICIAL}/" not in report["checkpoints"]
     scan_text = report.get("scan", scan)
     dtype_text = report.get("dtype", dtype) + (" (auto)" if dtype == "auto" and "dtype" in report else "")
     head = f"{device} | {scan_text} scan | {dtype_text}"
@@ -64,13 +68,19 @@ def status_report(checkpoint: str | None = None, scan: str = "auto", dtype: str 
 
 
 def short_reason(error: Exception) -> str:
-    """What is wrong in a few words, for a status line on a node; ``message`` has the full text.
-
-    A checkpoint error starts with the file's path, which the widget already shows by name.
-    """
+    """What is wrong and what to do first, in an artist's words, for the status on the node;
+    ``message`` has the whole text (a damaged file's byte counts, the tensor, the manual steps)."""
     if isinstance(error, host.UnknownCheckpoint):
         return error.short()
     text = str(error)
+    if isinstance(error, mambast.CheckpointError):
+        if "different checkpoints" in text or "several " in text:
+            return "this folder mixes the files of two checkpoints: keep one set of three files in it"
+        if "NaN" in text or "infinite" in text:
+            return "damaged (its weights hold invalid numbers): delete it and download it again"
+        if "no such file" in text:
+            return "the weights are gone from the models folder: press r to refresh the list"
+        return "damaged or not a Mamba-ST file: delete it and download it again"
     head, separator, rest = text.partition(": ")
     if separator and os.sep in head:
         text = rest

@@ -86,5 +86,8 @@ def comfy(tmp_path, monkeypatch, small_tensors):
     import importlib
     fake.host = importlib.import_module(fake.pack.__name__ + ".nodes.comfy")
     fake.stages = importlib.import_module(fake.pack.__name__ + ".nodes.stages")
+    # Every tick reaches the fake bar, so that tests can hold the bar to the work that ran; the
+    # nodes send a few a second (tests/test_nodes.py checks that).
+    monkeypatch.setattr(fake.stages, "PROGRESS_INTERVAL", 0.0)
     fake.host.register_model_folder()
     return fake

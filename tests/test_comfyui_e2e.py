@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -328,3 +329,58 @@ def test_example_workflows_needing_no_other_model_run_to_completion(server, path
     saved = [output for output in entry["outputs"].values() if output.get("images") or output.get("videos")
              or output.get("animated")]
     assert saved, entry["outputs"]
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    """A ComfyUI without weights, whose downloads come from a stand-in of the authors' folder (the
+    network is never used)."""
+    base = tmp_path_factory.mktemp("comfy-bare")
+    prepare(base, {})
+    example = Path(COMFYUI_DIR) / "input" / "example.png"
+    if example.exists():
+        shutil.copy(example, base / "input" / "example.png")
+    else:
+        write_image(torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(1)), base / "input" / "example.png")
+    stand_in = base / "authors-folder"
+    with running_comfyui(base, COMFYUI_DIR, os.environ.get("COMFYUI_PYTHON"),
+                         environment={"MAMBAST_DRIVE_STAND_IN": str(stand_in)}) as instance:
+        instance.stand_in = stand_in
+        yield instance
+
+
+def wait_for_download(server: Server, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = server.get("/mambast/download")
+        if state["state"] != "running":
+            return state
+        time.sleep(0.3)
+    raise AssertionError("the download did not finish")
+
+
+def test_the_loaders_download_installs_the_weights_and_a_template_runs(bare_server):
+    from mambast.network.random_weights import write_official_folder
+
+    status = bare_server.get("/mambast/status?scan=auto")
+    assert not status["ok"] and status["download"] and status["short"] == "no Mamba-ST weights installed yet"
+    assert bare_server.get("/mambast/download")["state"] == "idle"
+    # Wrong files in the source: refused, nothing installed, the manual steps said.
+    write_official_folder(random_official_tensors(SMALL_CONFIG, seed=1), bare_server.stand_in)
+    assert bare_server.post("/mambast/download", {})["state"] == "running"
+    failed = wait_for_download(bare_server)
+    assert failed["state"] == "failed" and "To install them by hand" in failed["message"], failed
+    assert not (bare_server.base / "models" / "mambast" / "official").exists()
+    # The release: installed into models/mambast/official, then the all-in-one template runs on it.
+    shutil.rmtree(bare_server.stand_in)
+    write_official_folder(random_official_tensors(seed=3), bare_server.stand_in)
+    bare_server.post("/mambast/download", {"url": "https://example.com/other", "path": "/etc"})  # ignored
+    done = wait_for_download(bare_server)
+    assert done["state"] == "done" and done["checkpoint"] == "official/", done
+    assert done["target"] == str(bare_server.base / "models" / "mambast" / "official")
+    assert "official/" in bare_server.get("/object_info/MambaSTLoader")["MambaSTLoader"]["input"]["required"][
+        "checkpoint"][1]["options"]
+    assert bare_server.get("/mambast/status?checkpoint=official/&scan=auto")["ok"]
+    graph = json.loads((ROOT / "example_workflows" / "Stylize a picture (all in one).json").read_text())
+    entry = bare_server.run(as_prompt(graph, bare_server.get("/object_info")), timeout=900)
+    assert entry["status"]["status_str"] == "success", entry["status"]

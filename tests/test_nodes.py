@@ -180,6 +180,30 @@ def test_cancel_stops_at_the_next_check_within_a_scan_chunk(comfy):
     assert comfy.progress[-1][0] < comfy.progress[-1][1]
 
 
+def test_the_nodes_send_a_few_progress_messages_a_second_and_always_the_last(comfy, monkeypatch):
+    stages = comfy.stages
+    monkeypatch.setattr(stages, "PROGRESS_INTERVAL", 3600.0)  # nothing but the first and the last
+    loaded = stages.load_model("small.safetensors", "auto", "auto")
+    checks = []
+    comfy.on_interrupt_check = lambda: checks.append(1)
+    stages.stylize(loaded, image(2, 64, 64), image(1, 64, 64, seed=1), seed=0, processing_size=0)
+    assert len(comfy.progress) == 2 and comfy.progress[-1][0] == comfy.progress[-1][1] > 2
+    assert len(checks) >= comfy.progress[-1][1]  # Cancel is still checked at every tick
+
+
+def test_a_throttled_report_passes_the_first_then_one_per_interval_then_the_last():
+    from mambast.utils.progress import ThrottledReport
+
+    now, seen = [0.0], []
+    throttled = ThrottledReport(lambda done, total: seen.append(done), 0.25, clock=lambda: now[0])
+    for done in range(1, 11):
+        throttled(done, 10)
+        now[0] += 0.1
+    throttled.flush()
+    throttled.flush()  # nothing held back any more
+    assert seen == [1, 4, 7, 10]
+
+
 def test_cancel_is_checked_at_least_once_per_scan_chunk(comfy):
     stages = comfy.stages
     resources = importlib.import_module(comfy.pack.__name__ + ".mambast.run.resources")

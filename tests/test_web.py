@@ -79,18 +79,16 @@ def test_status_line_helpers():
     assert.equal(m.statusQuery(undefined, undefined, undefined), '/mambast/status?scan=auto&dtype=auto');
     assert.equal(m.statusQuery('a b.safetensors', 'auto', 'auto'),
                  '/mambast/status?checkpoint=a+b.safetensors&scan=auto&dtype=auto');
-    assert.notEqual(m.statusColor(true), m.statusColor(false));
-    assert.equal(m.statusColor(null), m.statusColor(undefined));
+    assert.deepEqual([true, false, null, undefined].map(m.statusClass), ['ok', 'bad', 'checking', 'checking']);
     assert.notEqual(m.statusKey('a.safetensors', 'auto'), m.statusKey('b.safetensors', 'auto'));
     assert.notEqual(m.statusKey('a', 'auto'), m.statusKey('a', 'chunked'));
     assert.notEqual(m.statusKey('a', 'auto', 'auto'), m.statusKey('a', 'auto', 'float16'));
     assert.equal(m.statusKey('a', 'auto', 'auto'), m.statusKey('a', 'auto', 'auto'));
-    const width = (t) => t.length;  // one unit per character
-    assert.deepEqual(m.wrapText('one two three four', 9, width), ['one two', 'three', 'four']);
-    assert.deepEqual(m.wrapText('/a/very/long/path/name ok', 8, width), ['/a/very/', 'long/pat', 'h/name', 'ok']);
-    const many = m.wrapText('w '.repeat(40), 3, width, 4);
-    assert.equal(many.length, 4);
-    assert.ok(many[3].endsWith('…') && many.every((l) => l.length <= 3));
+    assert.equal(m.downloadText({name: 'decoder_iter_160000.pth', index: 0, count: 3, done: 2 ** 20, total: 3 * 2 ** 20}),
+                 'Downloading decoder_iter_160000.pth (1 of 3): 1.0 of 3.0 MB');
+    assert.equal(m.downloadText({name: null, message: 'Asking the authors' + "'" + ' folder'}), "Asking the authors' folder");
+    assert.equal(m.downloadText({name: 'a.pth', index: 1, count: 3, done: 5 * 2 ** 19, total: null}),
+                 'Downloading a.pth (2 of 3): 2.5 MB');
     console.log('ok');
     """
     module = (ROOT / "web" / "js" / "status_logic.js").as_uri()

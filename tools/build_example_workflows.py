@@ -109,14 +109,15 @@ class Graph:
 MODEL = ("model", "MAMBAST_MODEL")
 
 
-def loader(graph: Graph, pos=(0, 0)) -> Node:
-    # Room below the widgets for a status line of up to four lines (what is wrong, in words).
-    return graph.add("MambaSTLoader", pos, outputs=[MODEL], widgets=["official/", "auto", "auto"], size=(360, 190))
+def loader(graph: Graph, pos=(380, 0), width: int = 360) -> Node:
+    # Room below the widgets for the status (a few lines and the download button), nothing under
+    # it for 50 units: Vue-rendered nodes grow to their content.
+    return graph.add("MambaSTLoader", pos, outputs=[MODEL], widgets=["official/", "auto", "auto"], size=(width, 250))
 
 
-def load_image(graph: Graph, pos, file: str, title: str) -> Node:
+def load_image(graph: Graph, pos, file: str, title: str, height: int = 330) -> Node:
     return graph.add("LoadImage", pos, outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[file, "image"],
-                     size=(300, 330), title=title)
+                     size=(300, height), title=title)
 
 
 STYLIZE_INPUTS = [MODEL, ("content", "IMAGE"), ("style", "IMAGE"), ("mask", "MASK"), ("style_2", "IMAGE")]
@@ -143,16 +144,18 @@ def fuse(graph: Graph, pos, seed=42, strength=1.0, smoothing=0.0) -> Node:
                      size=(300, 220))
 
 
-def save(graph: Graph, pos, prefix: str) -> Node:
-    return graph.add("SaveImage", pos, inputs=[("images", "IMAGE")], widgets=[prefix], size=(380, 420))
+def save(graph: Graph, pos, prefix: str, width: int = 380) -> Node:
+    return graph.add("SaveImage", pos, inputs=[("images", "IMAGE")], widgets=[prefix], size=(width, 420))
 
 
 def stylize_from_images(graph: Graph, content_title: str = "Content", **options) -> tuple[Node, Node]:
-    """The loader and the content and style images wired into an all-in-one Stylize node."""
-    model = loader(graph, (0, 0))
-    content = load_image(graph, (0, 230), CONTENT, content_title)
-    style = load_image(graph, (0, 610), STYLE, "Style")
-    node = stylize(graph, (380, 180), **options)
+    """The content and style images in the first column, the loader above an all-in-one Stylize
+    node in the second: compact enough to open with its text drawn (the canvas stops drawing
+    text below 60% zoom) on a 1600 x 1000 screen."""
+    content = load_image(graph, (0, 0), CONTENT, content_title)
+    style = load_image(graph, (0, 380), STYLE, "Style")
+    model = loader(graph)
+    node = stylize(graph, (380, 320), **options)
     graph.connect(model, 0, node, "model")
     graph.connect(content, 0, node, "content")
     graph.connect(style, 0, node, "style")
@@ -162,23 +165,23 @@ def stylize_from_images(graph: Graph, content_title: str = "Content", **options)
 def all_in_one() -> Graph:
     graph = Graph()
     _, node = stylize_from_images(graph)
-    out = save(graph, (760, 180), "mambast/stylized")
+    out = save(graph, (780, 300), "mambast/stylized")
     graph.connect(node, 0, out, "images")
     return graph
 
 
 def staged() -> Graph:
     graph = Graph()
-    model = loader(graph, (0, 0))
-    content = load_image(graph, (0, 230), CONTENT, "Content")
-    style = load_image(graph, (0, 610), STYLE, "Style")
-    encode_content = graph.add("MambaSTEncodeContent", (380, 180), inputs=[MODEL, ("image", "IMAGE")],
+    content = load_image(graph, (0, 0), CONTENT, "Content")
+    style = load_image(graph, (0, 380), STYLE, "Style")
+    model = loader(graph)
+    encode_content = graph.add("MambaSTEncodeContent", (380, 320), inputs=[MODEL, ("image", "IMAGE")],
                                outputs=[("content", "MAMBAST_CONTENT")], widgets=["off"], size=(280, 100))
-    style_node = encode_style(graph, (380, 560))
-    fuse_node = fuse(graph, (720, 300))
-    decode = graph.add("MambaSTDecode", (1080, 300), inputs=[MODEL, ("features", "MAMBAST_FEATURES")],
+    style_node = encode_style(graph, (380, 500))
+    fuse_node = fuse(graph, (780, 300))
+    decode = graph.add("MambaSTDecode", (780, 570), inputs=[MODEL, ("features", "MAMBAST_FEATURES")],
                        outputs=[("image", "IMAGE")], size=(260, 80))
-    out = save(graph, (1400, 180), "mambast/staged")
+    out = save(graph, (1120, 300), "mambast/staged")
     for target in (encode_content, style_node, fuse_node, decode):
         graph.connect(model, 0, target, "model")
     graph.connect(content, 0, encode_content, "image")
@@ -192,16 +195,17 @@ def staged() -> Graph:
 
 def video_frames() -> Graph:
     graph = Graph()
-    model = loader(graph, (0, 0))
-    video = graph.add("LoadVideo", (0, 230), outputs=[("VIDEO", "VIDEO")], widgets=[CLIP, "image"],
-                      size=(300, 330), title="Content video")
-    components = graph.add("GetVideoComponents", (0, 610), inputs=[("video", "VIDEO")],
+    # The video preview grows with the clip: nothing under the Load Video node.
+    video = graph.add("LoadVideo", (0, 0), outputs=[("VIDEO", "VIDEO")], widgets=[CLIP, "image"],
+                      size=(300, 400), title="Content video")
+    style = load_image(graph, (0, 470), STYLE, "One style for every frame")
+    model = loader(graph)
+    node = stylize(graph, (380, 320), smoothing=0.3)
+    components = graph.add("GetVideoComponents", (780, 60), inputs=[("video", "VIDEO")],
                            outputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")], size=(280, 90))
-    style = load_image(graph, (380, 640), STYLE, "One style for every frame")
-    node = stylize(graph, (380, 180), smoothing=0.3)
-    create = graph.add("CreateVideo", (760, 180), inputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
+    create = graph.add("CreateVideo", (780, 300), inputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
                        outputs=[("VIDEO", "VIDEO")], widgets=[30], size=(270, 100))
-    out = graph.add("SaveVideo", (1080, 180), inputs=[("video", "VIDEO")],
+    out = graph.add("SaveVideo", (1090, 300), inputs=[("video", "VIDEO")],
                     widgets=["video/mambast", "auto", "auto"], size=(400, 420))
     graph.connect(video, 0, components, "video")
     graph.connect(model, 0, node, "model")
@@ -217,13 +221,13 @@ def video_frames() -> Graph:
 def upscale() -> Graph:
     graph = Graph()
     _, node = stylize_from_images(graph)
-    upscaler = graph.add("UpscaleModelLoader", (380, 640), outputs=[("UPSCALE_MODEL", "UPSCALE_MODEL")],
+    upscaler = graph.add("UpscaleModelLoader", (780, 120), outputs=[("UPSCALE_MODEL", "UPSCALE_MODEL")],
                          widgets=[UPSCALER["name"]], size=(320, 60))
     upscaler.models = [dict(UPSCALER)]
-    upscale_node = graph.add("ImageUpscaleWithModel", (760, 300),
+    upscale_node = graph.add("ImageUpscaleWithModel", (780, 300),
                              inputs=[("upscale_model", "UPSCALE_MODEL"), ("image", "IMAGE")],
                              outputs=[("IMAGE", "IMAGE")], size=(240, 50))
-    out = save(graph, (1060, 180), "mambast/upscaled")
+    out = save(graph, (1140, 300), "mambast/upscaled")
     graph.connect(upscaler, 0, upscale_node, "upscale_model")
     graph.connect(node, 0, upscale_node, "image")
     graph.connect(upscale_node, 0, out, "images")
@@ -273,7 +277,7 @@ def refine() -> Graph:
     """Stylize, then repair texture and add detail with SD 1.5 at low denoise."""
     graph = Graph()
     _, node = stylize_from_images(graph, seams="2 grids")
-    diffusion_refine(graph, node, SD15, 760, denoise=0.35, steps=20, cfg=6.5, prefix="mambast/refined",
+    diffusion_refine(graph, node, SD15, 780, denoise=0.35, steps=20, cfg=6.5, prefix="mambast/refined",
                      note="Stylize first, then let SD 1.5 repaint at low denoise: 0.3-0.45 keeps the style and the "
                           "layout and cleans up the patch texture; above 0.5 the checkpoint's own look takes over. "
                           "Describe the style in the prompt so the model keeps painting in it.",
@@ -285,10 +289,10 @@ def hires_fix() -> Graph:
     """Stylize at 512 px, upscale 2x, then an SDXL pass at low denoise: a "hires fix"."""
     graph = Graph()
     _, node = stylize_from_images(graph, seams="2 grids")
-    scale = graph.add("ImageScaleBy", (760, 180), inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")],
+    scale = graph.add("ImageScaleBy", (780, 160), inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")],
                       widgets=["lanczos", 2.0], size=(260, 90), title="Upscale 2x (to 1024 px)")
     graph.connect(node, 0, scale, "image")
-    diffusion_refine(graph, scale, SDXL, 760, denoise=0.3, steps=25, cfg=6.0, prefix="mambast/hires",
+    diffusion_refine(graph, scale, SDXL, 780, denoise=0.3, steps=25, cfg=6.0, prefix="mambast/hires",
                      note="Stylize at 512 px (the model's training size), upscale, then SDXL adds the detail the "
                           "larger size needs. Keep denoise at 0.25-0.4 so the strokes stay Mamba-ST's; an upscale "
                           "model (see the upscale template) instead of Upscale Image By gives a sharper start.",
@@ -301,17 +305,17 @@ def masked() -> Graph:
     note says how to paint one's own instead (LoadImage's MASK output, after the MaskEditor)."""
     graph = Graph()
     _, node = stylize_from_images(graph, "Content", strength=0.8, colour="keep content", feather=24)
-    canvas = graph.add("SolidMask", (380, 640), outputs=[("MASK", "MASK")], widgets=[0.0, 512, 512],
+    canvas = graph.add("SolidMask", (780, 0), outputs=[("MASK", "MASK")], widgets=[0.0, 512, 512],
                        size=(270, 110), title="Mask canvas (black: keep the content)")
-    square = graph.add("SolidMask", (380, 790), outputs=[("MASK", "MASK")], widgets=[1.0, 256, 256],
+    square = graph.add("SolidMask", (780, 160), outputs=[("MASK", "MASK")], widgets=[1.0, 256, 256],
                        size=(270, 110), title="Stylized area (white)")
-    mask = graph.add("MaskComposite", (690, 640), inputs=[("destination", "MASK"), ("source", "MASK")],
+    mask = graph.add("MaskComposite", (1100, 0), inputs=[("destination", "MASK"), ("source", "MASK")],
                      outputs=[("MASK", "MASK")], widgets=[128, 128, "add"], size=(270, 130))
-    graph.add("Note", (690, 820), widgets=["Your own mask: right-click the Content image > Open in MaskEditor, "
+    graph.add("Note", (780, 760), widgets=["Your own mask: right-click the Content image > Open in MaskEditor, "
                                            "paint the area to stylize, then connect the Content node's MASK "
                                            "output to the mask input of MambaST Stylize. The mask is resized "
-                                           "to the picture."], size=(300, 140), title="Paint your own mask")
-    out = save(graph, (760, 180), "mambast/masked")
+                                           "to the picture."], size=(380, 110), title="Paint your own mask")
+    out = save(graph, (780, 320), "mambast/masked")
     graph.connect(canvas, 0, mask, "destination")
     graph.connect(square, 0, mask, "source")
     graph.connect(mask, 0, node, "mask")
@@ -321,23 +325,24 @@ def masked() -> Graph:
 
 def style_blend() -> Graph:
     graph = Graph()
-    model = loader(graph, (0, 0))
-    content = load_image(graph, (0, 230), CONTENT, "Content")
-    style_a = load_image(graph, (0, 610), STYLE, "Style A")
-    style_b = load_image(graph, (0, 990), SECOND_STYLE, "Style B")
-    encode_content = graph.add("MambaSTEncodeContent", (380, 180), inputs=[MODEL, ("image", "IMAGE")],
+    # Three pictures in the first column, a little shorter, so that the graph opens with its text drawn.
+    content = load_image(graph, (0, 0), CONTENT, "Content", height=290)
+    style_a = load_image(graph, (0, 340), STYLE, "Style A", height=290)
+    style_b = load_image(graph, (0, 680), SECOND_STYLE, "Style B", height=290)
+    model = loader(graph, (340, 0), width=320)
+    encode_content = graph.add("MambaSTEncodeContent", (340, 320), inputs=[MODEL, ("image", "IMAGE")],
                                outputs=[("content", "MAMBAST_CONTENT")], widgets=["off"], size=(280, 100))
-    encoded_a = encode_style(graph, (380, 560))
-    encoded_b = encode_style(graph, (380, 940), scale=2.0)
-    blend = graph.add("MambaSTStyleBlend", (720, 700), inputs=[("style_a", "MAMBAST_STYLE"),
+    encoded_a = encode_style(graph, (340, 500))
+    encoded_b = encode_style(graph, (340, 680), scale=2.0)
+    blend = graph.add("MambaSTStyleBlend", (700, 680), inputs=[("style_a", "MAMBAST_STYLE"),
                                                               ("style_b", "MAMBAST_STYLE")],
                       outputs=[("style", "MAMBAST_STYLE")], widgets=[0.4, 42, "fixed"], size=(280, 130))
-    fuse_node = fuse(graph, (1060, 300), strength=0.9)
-    decode = graph.add("MambaSTDecode", (1420, 300), inputs=[MODEL, ("features", "MAMBAST_FEATURES")],
+    fuse_node = fuse(graph, (700, 320), strength=0.9)
+    decode = graph.add("MambaSTDecode", (1020, 320), inputs=[MODEL, ("features", "MAMBAST_FEATURES")],
                        outputs=[("image", "IMAGE")], size=(260, 80))
-    keep = graph.add("MambaSTKeepContentColour", (1420, 440), inputs=[("content", "IMAGE"), ("stylized", "IMAGE")],
+    keep = graph.add("MambaSTKeepContentColour", (1020, 450), inputs=[("content", "IMAGE"), ("stylized", "IMAGE")],
                      outputs=[("image", "IMAGE")], size=(280, 80))
-    out = save(graph, (1760, 180), "mambast/blend")
+    out = save(graph, (1340, 320), "mambast/blend", width=340)
     for target in (encode_content, encoded_a, encoded_b, fuse_node, decode):
         graph.connect(model, 0, target, "model")
     graph.connect(content, 0, encode_content, "image")

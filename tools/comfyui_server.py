@@ -122,17 +122,22 @@ def prepare(base: Path, checkpoints: dict[str, dict] | None = None) -> Path:
 
 @contextlib.contextmanager
 def running_comfyui(base: Path, comfyui_dir: str | os.PathLike, python: str | None = None,
-                    startup_timeout: float = 180) -> Iterator[Server]:
-    """Start ComfyUI on the CPU over the folders :func:`prepare` laid out in ``base``; stop it after."""
+                    startup_timeout: float = 180, extra_args: tuple[str, ...] = (),
+                    environment: dict[str, str] | None = None) -> Iterator[Server]:
+    """Start ComfyUI on the CPU over the folders :func:`prepare` laid out in ``base``; stop it after.
+
+    ``extra_args`` go to ComfyUI's command line (e.g. ``--front-end-root``), ``environment`` is
+    added to the server's environment."""
     port = free_port()
     log = base / "comfyui.log"
     command = [python or sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
                "--input-directory", str(base / "input"), "--output-directory", str(base / "output"),
                "--temp-directory", str(base / "temp"), "--user-directory", str(base / "user"),
-               "--disable-auto-launch"]
+               "--disable-auto-launch", *extra_args]
     with open(log, "w") as handle:
-        process = subprocess.Popen(command, cwd=comfyui_dir, stdout=handle, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=comfyui_dir, stdout=handle, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(environment or {})})
     server = Server(f"http://127.0.0.1:{port}", process, log, base)
     try:
         deadline = time.monotonic() + startup_timeout

@@ -76,9 +76,10 @@ class Checkpoint:
 def missing_weights_message(searched: list[str] | tuple[str, ...]) -> str:
     """What to tell someone whose weights were not found in ``searched``."""
     places = ", ".join(str(p) for p in searched) or "(no folder)"
-    return (f"No Mamba-ST weights found (searched: {places}). Download the official files {OFFICIAL_FILES} "
-            f"from {WEIGHTS_URL} and put them together in a folder there (e.g. models/mambast/official/), "
-            "or convert them to one .safetensors file with `python -m mambast convert`.")
+    return (f"No Mamba-ST weights found (searched: {places}). Install the official files with `python -m mambast "
+            "download` (in ComfyUI: the MambaST Loader's Download weights), or download "
+            f"{OFFICIAL_FILES} from {WEIGHTS_URL} and put them together in a folder there (e.g. "
+            "models/mambast/official/).")
 
 
 def suffix_of(path: str | os.PathLike) -> str:

@@ -24,7 +24,7 @@ from ..kernels.cuda_graphs import replaying_repeats
 from ..network.encodings import ContentEncoding, StyleSource, batch_item, pair_batches, pending_style_images
 from ..network.model import MambaST
 from ..utils.imaging import check_image
-from ..utils.progress import ProgressTracker, progress_callback
+from ..utils.progress import ProgressTracker, ThrottledReport, progress_callback
 from .pipeline import Controls, batch_ticks, stylize_images, working_size
 from .resources import activation_bytes, decode_ticks, encode_ticks, fuse_ticks
 from .steps import Offset, decode_on_grid, each_image, encode_on_grid, fuse_on_grid
@@ -254,23 +254,28 @@ class StylizeBatch(Stage[torch.Tensor]):
 
 
 def run_stage(stage: Stage[Result], report: Callable[[int, int], None] | None = None,
-              check_cancel: Callable[[], None] | None = None, notice: Callable[[str], None] | None = None
-              ) -> Result:
+              check_cancel: Callable[[], None] | None = None, notice: Callable[[str], None] | None = None,
+              report_interval: float = 0.25) -> Result:
     """Run ``stage`` for inference with a host's progress ``report(done, total)`` (a total that ends
     exactly at what ran) and ``check_cancel`` (raise to stop) called at every tick and cancel
-    point; ``notice(text)`` tells the user of a long first wait (compiling the CPU kernels). On
+    point (``report`` at most every ``report_interval`` seconds, and at the end; Cancel at every
+    tick); ``notice(text)`` tells the user of a long first wait (compiling the CPU kernels). On
     CUDA, stages whose shapes repeat (a batch, video frames) replay from CUDA graphs, dropped when
     the stage ends (:mod:`mambast.kernels.cuda_graphs`)."""
-    tracker = ProgressTracker(stage.planned, report or (lambda done, total: None))
+    throttled = ThrottledReport(report or (lambda done, total: None), report_interval)
+    tracker = ProgressTracker(stage.planned, throttled)
 
     def on_tick() -> None:
         if check_cancel is not None:
             check_cancel()
         tracker.tick()
 
-    with progress_callback(on_tick, tracker.replan, check_cancel, notice), torch.inference_mode(), \
-            replaying_repeats(stage.model.device):
-        return stage.run(lambda index: tracker.image_done())
+    try:
+        with progress_callback(on_tick, tracker.replan, check_cancel, notice), torch.inference_mode(), \
+                replaying_repeats(stage.model.device):
+            return stage.run(lambda index: tracker.image_done())
+    finally:
+        throttled.flush()
 
 
 def working_memory(stage: Stage, device_type: str) -> int:
