@@ -375,37 +375,57 @@ def image_folder(folder: Path, count: int, seed: int) -> Path:
     return folder
 
 
-def test_evaluate_stylizes_measures_continues_and_measures_other_methods(tmp_path, metrics_dir, small_tensors,
-                                                                         monkeypatch, capsys):
+def evaluate_command_line(tmp_path, metrics_dir, small_tensors, *extra) -> list[str]:
     from safetensors.torch import save_file
 
     checkpoint = tmp_path / "small.safetensors"
-    save_file(small_tensors, str(checkpoint))
+    if not checkpoint.exists():
+        save_file(small_tensors, str(checkpoint))
     contents, styles = image_folder(tmp_path / "content", 2, 0), image_folder(tmp_path / "style", 3, 10)
-    out = tmp_path / "out"
-    command = ["evaluate", "--content-dir", str(contents), "--style-dir", str(styles), "--checkpoint", str(checkpoint),
-               "--metrics-dir", str(metrics_dir), "--out", str(out), "--size", "64", "--device", "cpu", "--seed", "3"]
+    return ["evaluate", "--content-dir", str(contents), "--style-dir", str(styles), "--checkpoint", str(checkpoint),
+            "--metrics-dir", str(metrics_dir), "--out", str(tmp_path / "out"), "--size", "64", "--device", "cpu",
+            "--seed", "3", *extra]
+
+
+def test_evaluate_stylizes_measures_continues_and_measures_other_methods(tmp_path, metrics_dir, small_tensors,
+                                                                         monkeypatch, capsys):
+    command = evaluate_command_line(tmp_path, metrics_dir, small_tensors)
+    contents, styles, out = tmp_path / "content", tmp_path / "style", tmp_path / "out"
     assert run_command(command) == 0
-    stylized = sorted(out.glob("*_stylized_*.png"))
-    assert len(stylized) == 6
+    stylized = sorted(out.glob("*_stylized_*.jpg"))  # JPEG by default, as the reference saves them
+    assert len(stylized) == 6 and not list(out.glob("*_stylized_*.png"))
     report = json.loads((out / "metrics.json").read_text())
     scores = report["scores"]
     assert scores["pairs"] == 6
     assert all(np.isfinite(v) for v in scores.values())
     assert scores["art_fid"] == pytest.approx((1 + scores["lpips"]) * (1 + scores["fid"]))
     assert report["paper"]["art_fid"] == 27.11 and report["paper"]["peak_memory_mib"] == 1414
-    assert report["stylization"]["images_timed"] == 6 and report["stylization"]["seconds_per_image"] > 0
+    timing = report["stylization"]
+    assert timing["images_timed"] == 6 and timing["pairs_timed"] == 5 and timing["warm_up_pairs_excluded"] == 1
+    assert 0 < timing["model_seconds"] < timing["end_to_end_seconds"]
+    assert timing["dtype"] == "float32" and timing["scan"] in ("numba", "chunked")
     assert report["settings"]["seed"] == 3 and report["settings"]["method"] == "mambast"
+    assert report["settings"]["format"] == "jpg" and len(report["settings"]["checkpoint_sha256"]) == 64
+    assert {w["file"] for w in report["metric_weights"].values()} == {spec.name for spec in METRIC_FILES.values()}
+    assert all(len(w["sha256"]) == 64 for w in report["metric_weights"].values())
+    assert len(report["pairs"]) == 6 and {"stylized", "content", "style", "lpips", "lpips_gray", "cfsd"} <= set(
+        report["pairs"][0])
+    assert np.mean([pair["lpips"] for pair in report["pairs"]]) == pytest.approx(scores["lpips"])
     printed = capsys.readouterr()
     assert "ArtFID" in printed.out and "27.11" in printed.out and "[" in printed.err  # table and progress bar
+    assert "first pair excluded" in printed.out
 
-    # Interrupted runs continue: a removed pair is stylized again, the others are kept.
+    # Interrupted runs continue: a removed pair is stylized (and measured) again, the others kept.
     stylized[0].unlink()
     kept = {p: p.stat().st_mtime_ns for p in stylized[1:]}
+    measured = []
+    original = Evaluation.measure
+    monkeypatch.setattr(Evaluation, "measure", lambda self, *pair: measured.append(pair[0]) or original(self, *pair))
     assert run_command(command) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items()) and stylized[0].exists()
+    assert measured == [stylized[0]]  # the other pairs' measurements were kept beside them
     again = json.loads((out / "metrics.json").read_text())
-    assert again["stylization"]["images_timed"] == 1
+    assert again["stylization"]["images_timed"] == 1 and "pairs_timed" not in again["stylization"]
     for key, value in scores.items():
         assert again["scores"][key] == pytest.approx(value, rel=1e-6), key
 
@@ -430,3 +450,103 @@ def test_evaluate_stylizes_measures_continues_and_measures_other_methods(tmp_pat
     with pytest.raises(SystemExit, match=r"1 of 6 stylized images are not in .*" + stylized[1].stem):
         run_command(["evaluate", "--content-dir", str(contents), "--style-dir", str(styles), "--stylized", str(other),
                      "--metrics-dir", str(metrics_dir), "--out", str(other_out), "--device", "cpu"])
+
+
+def test_outputs_are_jpeg_at_quality_75_or_png_on_request(tmp_path, metrics_dir, small_tensors):
+    from PIL import Image
+
+    assert run_command(evaluate_command_line(tmp_path, metrics_dir, small_tensors)) == 0
+    produced = sorted((tmp_path / "out").glob("*.jpg"))[0]
+    reference = tmp_path / "reference.jpg"
+    with Image.open(produced) as image:
+        image.convert("RGB").save(reference)  # Pillow's own default: quality 75, as torchvision's save_image
+        tables = image.quantization
+    with Image.open(reference) as image:
+        assert image.quantization == tables
+    assert run_command(evaluate_command_line(tmp_path, metrics_dir, small_tensors, "--format", "png",
+                                             "--out", str(tmp_path / "png"))) == 0
+    assert len(list((tmp_path / "png").glob("*_stylized_*.png"))) == 6
+
+
+def test_crop_is_the_references_resize_and_centre_crop(tmp_path):
+    from PIL import Image
+
+    picture = torch.rand(1, 3, 81, 130, generator=seeded(4))
+    path = tmp_path / "wide.png"
+    write_image(picture, path)
+    got = evaluate_command.read_cropped(path, 64)
+    # torchvision: Resize(64) -> (64, int(64 * 130 / 81)) = (64, 102); CenterCrop: round(19) left.
+    with Image.open(path) as image:
+        resized = image.convert("RGB").resize((102, 64), Image.BILINEAR)
+    left = int(round((102 - 64) / 2.0))
+    expected = torch.from_numpy(np.asarray(resized.crop((left, 0, left + 64, 64))).copy()).permute(2, 0, 1)[None]
+    assert got.shape == (1, 3, 64, 64) and torch.equal((got * 255).round().to(torch.uint8), expected)
+    write_image(torch.rand(1, 3, 64, 64, generator=seeded(5)), tmp_path / "square.png")
+    assert torch.equal(evaluate_command.read_cropped(tmp_path / "square.png", 64),
+                       mambast.read_image(tmp_path / "square.png"))  # the paper's 512 px squares stay as they are
+
+
+def test_crop_gives_square_outputs_of_the_size(tmp_path, metrics_dir, small_tensors):
+    from PIL import Image
+
+    assert run_command(evaluate_command_line(tmp_path, metrics_dir, small_tensors, "--crop")) == 0
+    for path in (tmp_path / "out").glob("*_stylized_*.jpg"):
+        with Image.open(path) as image:
+            assert image.size == (64, 64)
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_them_and_overwrite_redoes_it(tmp_path, metrics_dir,
+                                                                                   small_tensors):
+    assert run_command(evaluate_command_line(tmp_path, metrics_dir, small_tensors)) == 0
+    out = tmp_path / "out"
+    kept = {p: p.read_bytes() for p in out.glob("*_stylized_*")}
+    for extra, named in ((["--size", "48"], "--size: 64 there, 48 now"), (["--seed", "4"], "--seed: 3 there, 4 now"),
+                         (["--crop"], "--crop: False there, True now"),
+                         (["--dtype", "bfloat16"], "--dtype: 'float32' there, 'bfloat16' now"),
+                         (["--seam-smoothing", "2"], "--seam-smoothing: 0 there, 2 now"),
+                         (["--format", "png"], "--format: 'jpg' there, 'png' now")):
+        command = evaluate_command_line(tmp_path, metrics_dir, small_tensors)
+        command[command.index("--size") + 1:command.index("--size") + 2] = ["64"]
+        with pytest.raises(SystemExit) as refused:
+            run_command([*command, *extra])
+        assert named in str(refused.value.code) and "--overwrite" in str(refused.value.code), refused.value.code
+        assert {p: p.read_bytes() for p in out.glob("*_stylized_*")} == kept
+    # Other weights under the same name: refused too.
+    from safetensors.torch import save_file
+
+    save_file({k: v + 0.01 for k, v in small_tensors.items()}, str(tmp_path / "small.safetensors"))
+    with pytest.raises(SystemExit, match="the checkpoint: other weights"):
+        run_command(evaluate_command_line(tmp_path, metrics_dir, small_tensors))
+    assert run_command([*evaluate_command_line(tmp_path, metrics_dir, small_tensors), "--overwrite"]) == 0
+    redone = json.loads((out / "metrics.json").read_text())
+    assert redone["stylization"]["images_timed"] == 6
+    # Images without a record of their settings (an earlier version's) are not measured either.
+    (out / evaluate_command.SETTINGS_FILE).unlink()
+    with pytest.raises(SystemExit, match="no record of the settings"):
+        run_command(evaluate_command_line(tmp_path, metrics_dir, small_tensors))
+
+
+def test_an_unreadable_image_is_named_before_anything_is_stylized(tmp_path, metrics_dir, small_tensors):
+    command = evaluate_command_line(tmp_path, metrics_dir, small_tensors)
+    (tmp_path / "style" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"cut short")
+    with pytest.raises(SystemExit, match="broken.png"):
+        run_command(command)
+    assert not list((tmp_path / "out").glob("*_stylized_*")) if (tmp_path / "out").exists() else True
+
+
+def test_a_missing_lpips_file_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(metric_weights.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setitem(METRIC_FILES, "lpips", dataclasses.replace(METRIC_FILES["lpips"], owner_cache=lambda _: []))
+    monkeypatch.delenv("MAMBAST_METRICS_DIR", raising=False)
+    with pytest.raises(MetricWeightsMissing) as caught:
+        find_metric_files(None)
+    line = next(line for line in str(caught.value).splitlines() if "alex.pth" in line)
+    assert "Looked at: ." not in line and "no metrics folder was given" in line
+
+
+def test_evaluate_images_refuses_mismatched_counts_before_measuring(networks, monkeypatch):
+    monkeypatch.setattr(Evaluation, "measure", lambda *_: pytest.fail("measured before the counts were checked"))
+    images = [torch.rand(3, 40, 40, generator=seeded(i)) for i in range(3)]
+    with pytest.raises(ValueError, match=r"different lengths \(3, 2, 3\)"):
+        evaluate_images(images, images[:2], images, networks)

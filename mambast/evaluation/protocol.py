@@ -100,48 +100,75 @@ def as_tensor(picture, device: torch.device | str) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].to(device, torch.float32) / 255
 
 
-class Evaluation:
-    """Running sums of the protocol over pairs added one at a time (:meth:`add`), then :meth:`scores`."""
+@dataclass
+class PairMeasurement:
+    """What the protocol keeps of one pair: the Inception features of the stylized image and of its
+    style image (FID), and the pair's LPIPS, LPIPS gray and CFSD."""
 
-    def __init__(self, networks: MetricNetworks, device: torch.device | str = "cpu", metric_size: int = METRIC_SIZE):
+    stylized_features: np.ndarray
+    style_features: np.ndarray
+    lpips: float
+    lpips_gray: float
+    cfsd: float
+
+    def as_record(self) -> dict:
+        """JSON-ready, features included (2048 numbers each), to continue an interrupted run."""
+        return {"lpips": self.lpips, "lpips_gray": self.lpips_gray, "cfsd": self.cfsd,
+                "stylized_features": self.stylized_features.tolist(), "style_features": self.style_features.tolist()}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "PairMeasurement":
+        return cls(np.asarray(record["stylized_features"], dtype=np.float64),
+                   np.asarray(record["style_features"], dtype=np.float64), float(record["lpips"]),
+                   float(record["lpips_gray"]), float(record["cfsd"]))
+
+
+class Evaluation:
+    """The protocol over pairs measured one at a time (:meth:`add`, or :meth:`include` for a pair
+    measured before), then :meth:`scores`."""
+
+    def __init__(self, networks: MetricNetworks | None, device: torch.device | str = "cpu",
+                 metric_size: int = METRIC_SIZE):
         if metric_size < 75:
             raise ValueError(f"metric_size must be at least 75 (Inception's smallest input), got {metric_size}")
         self.networks, self.device, self.metric_size = networks, torch.device(device), metric_size
-        self.stylized_features: list[np.ndarray] = []
-        self.style_features: list[np.ndarray] = []
+        self.measurements: list[PairMeasurement] = []
         self._style_cache: dict[str, np.ndarray] = {}
-        self.lpips_sum = self.lpips_gray_sum = self.cfsd_sum = 0.0
 
     @property
     def pairs(self) -> int:
-        return len(self.stylized_features)
+        return len(self.measurements)
+
+    def add(self, stylized: ImageSource, content: ImageSource, style: ImageSource) -> PairMeasurement:
+        """Measure one pair and include it. Files and tensors alike."""
+        measurement = self.measure(stylized, content, style)
+        self.include(measurement)
+        return measurement
+
+    def include(self, measurement: PairMeasurement) -> None:
+        self.measurements.append(measurement)
 
     @torch.inference_mode()
-    def add(self, stylized: ImageSource, content: ImageSource, style: ImageSource) -> None:
-        """One pair. Files and tensors alike; a style file seen before reuses its FID features."""
+    def measure(self, stylized: ImageSource, content: ImageSource, style: ImageSource) -> PairMeasurement:
+        """One pair's measurement; a style file seen before reuses its FID features."""
         networks, size = self.networks, self.metric_size
         stylized_picture = picture(stylized)
         stylized_small = resize_shorter_side(stylized_picture, size)
-        self.stylized_features.append(self._inception(stylized_small))
+        stylized_features = self._inception(stylized_small)
         key = str(Path(style).resolve()) if not isinstance(style, torch.Tensor) else None
-        if key is None or key not in self._style_cache:
-            features = self._inception(resize_shorter_side(picture(style), size))
+        style_features = self._style_cache.get(key) if key is not None else None
+        if style_features is None:
+            style_features = self._inception(resize_shorter_side(picture(style), size))
             if key is not None:
-                self._style_cache[key] = features
-        self.style_features.append(self._style_cache[key] if key is not None else features)
-
+                self._style_cache[key] = style_features
         content_picture = picture(content)
         content_small = resized_to(resize_shorter_side(content_picture, size), stylized_small.size)
-        for gray, pictures in ((False, (stylized_small, content_small)),
-                               (True, (stylized_small.convert("L"), content_small.convert("L")))):
-            distance = float(networks.lpips(*(as_tensor(p, self.device) for p in pictures))[0])
-            if gray:
-                self.lpips_gray_sum += distance
-            else:
-                self.lpips_sum += distance
+        distances = [float(networks.lpips(*(as_tensor(p, self.device) for p in pictures))[0])
+                     for pictures in ((stylized_small, content_small),
+                                      (stylized_small.convert("L"), content_small.convert("L")))]
         content_full = resized_to(content_picture, stylized_picture.size)
-        self.cfsd_sum += float(networks.cfsd(as_tensor(stylized_picture, self.device),
-                                             as_tensor(content_full, self.device))[0])
+        cfsd = float(networks.cfsd(as_tensor(stylized_picture, self.device), as_tensor(content_full, self.device))[0])
+        return PairMeasurement(stylized_features, style_features, distances[0], distances[1], cfsd)
 
     def _inception(self, picture) -> np.ndarray:
         return self.networks.inception(as_tensor(picture, self.device))[0].double().cpu().numpy()
@@ -149,10 +176,12 @@ class Evaluation:
     def scores(self) -> Scores:
         if self.pairs < 2:
             raise ValueError(f"FID needs at least 2 pairs, got {self.pairs}")
-        fid = frechet_distance(np.stack(self.stylized_features), np.stack(self.style_features))
-        lpips = self.lpips_sum / self.pairs
-        return Scores(art_fid=art_fid(fid, lpips), fid=fid, lpips=lpips, lpips_gray=self.lpips_gray_sum / self.pairs,
-                      cfsd=self.cfsd_sum / self.pairs, pairs=self.pairs)
+        fid = frechet_distance(np.stack([m.stylized_features for m in self.measurements]),
+                               np.stack([m.style_features for m in self.measurements]))
+        lpips = sum(m.lpips for m in self.measurements) / self.pairs
+        return Scores(art_fid=art_fid(fid, lpips), fid=fid, lpips=lpips,
+                      lpips_gray=sum(m.lpips_gray for m in self.measurements) / self.pairs,
+                      cfsd=sum(m.cfsd for m in self.measurements) / self.pairs, pairs=self.pairs)
 
 
 def evaluate_images(stylized: Iterable[ImageSource], contents: Iterable[ImageSource], styles: Iterable[ImageSource],
@@ -160,7 +189,13 @@ def evaluate_images(stylized: Iterable[ImageSource], contents: Iterable[ImageSou
                     on_pair: Callable[[int], None] | None = None) -> Scores:
     """The protocol's :class:`Scores` of three aligned sequences (files or image tensors),
     consumed lazily: the i-th stylized image was made from the i-th content and style images.
-    ``on_pair(done)`` is called after each pair (for a progress bar)."""
+    Sequences of different lengths are refused before anything is computed (iterators without a
+    length, when one ends first). ``on_pair(done)`` is called after each pair (a progress bar)."""
+    lengths = [len(items) for items in (stylized, contents, styles) if hasattr(items, "__len__")]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"the stylized, content and style sequences have different lengths "
+                         f"({', '.join(map(str, lengths))}); pair i is stylized[i] made from contents[i] and "
+                         "styles[i].")
     evaluation = Evaluation(networks, device, metric_size)
     sentinel = object()
     for triple in _aligned(stylized, contents, styles, sentinel):

@@ -115,8 +115,9 @@ def missing_metric_files_message(missing: list[tuple[MetricFile, list[Path]]], f
         place = f"put it in a folder and pass --metrics-dir FOLDER (or set ${METRICS_ENV})"
     lines = [f"{len(missing)} metric weight file(s) not found; evaluation downloads nothing:"]
     for spec, searched in missing:
-        lines.append(f"  {spec.name}: {spec.purpose}. Get it from {spec.source}; {place}. "
-                     f"Looked at: {', '.join(str(p) for p in searched)}.")
+        looked = ", ".join(str(p) for p in searched) or ("nowhere else: no metrics folder was given, and the package "
+                                                         "that keeps it is not installed")
+        lines.append(f"  {spec.name}: {spec.purpose}. Get it from {spec.source}; {place}. Looked at: {looked}.")
     return "\n".join(lines)
 
 

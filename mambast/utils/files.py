@@ -1,7 +1,8 @@
-"""Files written whole or not at all, for every writer of weights, states and logs."""
+"""Files written whole or not at all, for every writer of weights, states and logs; their fingerprints."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -25,3 +26,17 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> N
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def sha256_of(paths: list[str | os.PathLike] | str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, or of several files' names and bytes in the given order:
+    what tells a run which weights it was made with."""
+    digest = hashlib.sha256()
+    single = isinstance(paths, (str, os.PathLike))
+    for path in [paths] if single else paths:
+        if not single:
+            digest.update(Path(path).name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -199,13 +199,14 @@ def _to_tensor(picture, path) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
-def write_image(image: torch.Tensor, path, overwrite: bool = True) -> None:
+def write_image(image: torch.Tensor, path, overwrite: bool = True, quality: int | None = None) -> None:
     """Save (3, H, W) or (1, 3, H, W) float (clamped to 0..1 here) as an 8-bit image file.
 
-    The format follows the suffix. The file appears whole or not at all: it is written to a
-    temporary file beside ``path`` and renamed onto it, so an error or Ctrl-C leaves neither
-    a half-written image nor a temporary file, and an existing file stays as it was.
-    ``overwrite=False`` raises FileExistsError instead of replacing an existing file.
+    The format follows the suffix; ``quality`` is JPEG's (Pillow's default, 75, when None). The
+    values are rounded as torchvision's ``save_image`` rounds them. The file appears whole or not at
+    all: it is written to a temporary file beside ``path`` and renamed onto it, so an error or
+    Ctrl-C leaves neither a half-written image nor a temporary file, and an existing file stays as
+    it was. ``overwrite=False`` raises FileExistsError instead of replacing an existing file.
     """
     from PIL import Image
 
@@ -226,7 +227,8 @@ def write_image(image: torch.Tensor, path, overwrite: bool = True) -> None:
         raise OSError(error.errno, f"cannot write {path}: {error.strerror}", str(path.parent)) from None
     try:
         with handle:
-            Image.fromarray(array).save(handle, format=file_format)
+            options = {"quality": quality} if quality is not None and file_format == "JPEG" else {}
+            Image.fromarray(array).save(handle, format=file_format, **options)
             handle.flush()
             os.fsync(handle.fileno())
         _move_into_place(temporary, path, overwrite)
