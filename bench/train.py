@@ -54,6 +54,14 @@ the warm-up step), alike in every variant.
     python bench/train.py [--size 256] [--batch-size 2] [--repeats 3] [--threads 2] [--variants ours,reference]
     python bench/train.py --size 128 --batch-size 1 --reference-repeats 1   # where the references fit
     python bench/train.py --device cuda --batch-size 8 --precision bf16 --variants "ours,ours (triton scan)"
+    python bench/train.py --data-images 24 --variants ours    # data time per iteration beside the step's
+
+With ``--data-images N`` the data loading is measured too, in the same run: N photo-like JPEGs of
+``--data-size`` (a WikiArt painting is typically 2000-3000 px) are written to a temporary folder
+and the trainer's two image streams read batches of ``--batch-size`` 256 px crops of 512 px
+resized images from them: in the training process (``--workers 0``), with the default worker
+processes, and as the previous version read them (converted to float32 before resizing) as the
+baseline. Printed: seconds per iteration (both streams) beside the step's.
 """
 
 from __future__ import annotations
@@ -284,6 +292,62 @@ def run_variant(variant: str, *args: str) -> dict:
         return {"variant": variant, "error": reason}
 
 
+def photo_like_jpegs(folder: Path, count: int, width: int, height: int) -> None:
+    """Smooth gradients, edges and noise, saved at JPEG quality 90: decoded like photographs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    for index in range(count):
+        phase = index * 0.7
+        channels = [(np.sin(x / (60 + 7 * index) + phase) + 1) * 100, (np.cos(y / 50 - phase) + 1) * 100,
+                    (x + y) * 255 / (width + height)]
+        picture = np.stack(channels, -1) + rng.normal(0, 12, (height, width, 1))
+        Image.fromarray(picture.clip(0, 255).astype(np.uint8)).save(folder / f"image{index:03d}.jpg", quality=90)
+
+
+def data_seconds_per_iteration(folder: Path, batch: int, workers: int, iterations: int, float_first: bool = False
+                               ) -> list[float]:
+    """Seconds for the two streams' batches of each iteration, after one batch of warm-up (workers start)."""
+    from mambast.training import data
+    from mambast.utils.imaging import read_image, resize
+
+    if float_first:  # the previous version: the image made float32, then resized
+        data.read_image_resized = lambda path, size: resize(read_image(path), size)
+    streams = [data.ImageStream(folder, option, batch_size=batch, load_size=512, crop=256, seed=seed, workers=workers)
+               for seed, option in ((1, "--content-dir"), (2, "--style-dir"))]
+    for stream in streams:
+        stream.next_batch()
+    seconds = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        for stream in streams:
+            stream.next_batch()
+        seconds.append(time.perf_counter() - started)
+    for stream in streams:
+        stream.close()
+    return seconds
+
+
+def data_figures(args) -> dict[str, list[float]]:
+    import tempfile
+
+    from mambast.training.trainer import default_workers
+
+    figures = {}
+    with tempfile.TemporaryDirectory() as folder:
+        photo_like_jpegs(Path(folder), args.data_images, *args.data_size)
+        iterations = max(2, 2 * args.data_images // args.batch_size)
+        for name, workers, float_first in (("previous: float32, then resized (0 workers)", 0, True),
+                                           ("resized in 8 bits (0 workers)", 0, False),
+                                           (f"resized in 8 bits ({default_workers()} workers per stream)",
+                                            default_workers(), False)):
+            figures[name] = run_isolated(Path(__file__), "--data-worker", folder, str(args.batch_size), str(workers),
+                                         str(iterations), str(int(float_first)), "--threads", str(args.threads))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs="+", default=[256], help="H [W] of the content and style crops")
@@ -301,9 +365,22 @@ def main() -> None:
     parser.add_argument("--max-memory-gib", type=float,
                         help="stop a CPU variant whose resident memory passes this (default: 80%% of the memory "
                              "available at the start; 0: no limit)")
+    parser.add_argument("--data-images", type=int, default=0,
+                        help="also measure the data loading on this many generated JPEGs (0: not)")
+    parser.add_argument("--data-size", type=int, nargs=2, default=[2500, 2000], metavar=("W", "H"),
+                        help="size of the generated JPEGs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--data-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = (args.size[0], args.size[-1])
+    if args.data_worker:
+        import torch
+
+        folder, batch, workers, iterations, float_first = args.data_worker
+        torch.set_num_threads(args.threads)
+        print(json.dumps({"seconds": data_seconds_per_iteration(Path(folder), int(batch), int(workers),
+                                                                 int(iterations), bool(int(float_first)))}))
+        return
     if args.worker:
         if args.max_memory_gib:
             stop_above(args.max_memory_gib * 1024)
@@ -350,6 +427,18 @@ def main() -> None:
     if finished:
         print("  total loss per step (warm-up first): "
               + "; ".join(f"{r['variant']}: {', '.join(f'{x:.4g}' for x in r['losses'])}" for r in finished))
+    if args.data_images:
+        step = median(results["ours"]["seconds"]) if "seconds" in results.get("ours", {}) else None
+        print(f"data: two streams of {args.batch_size} crops (256 px of 512 px resized) per iteration from "
+              f"{args.data_images} JPEGs of {args.data_size[0]}x{args.data_size[1]}, {args.threads} threads; median "
+              "(min-max) seconds per iteration" + (f", against the step's {step:.2f} s" if step else ""), flush=True)
+        figures = data_figures(args)
+        baseline = median(next(iter(figures.values()))["seconds"])
+        for name, result in figures.items():
+            seconds = result["seconds"]
+            share = f", {median(seconds) / step:.2f} of a step" if step else ""
+            print(f"  {name:<44} {median(seconds):7.3f} ({min(seconds):.3f}-{max(seconds):.3f}) "
+                  f"{baseline / median(seconds):5.1f}x the previous{share}", flush=True)
 
 if __name__ == "__main__":
     main()

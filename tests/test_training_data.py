@@ -5,12 +5,13 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from mambast.training.data import ImageStream, TrainingDataError, list_images, training_crop
-from mambast.utils.imaging import read_image, resize, write_image
+from mambast.utils.imaging import write_image
 
 
 def solid(path: Path, value: int, size: tuple[int, int] = (12, 10)) -> Path:
@@ -118,7 +119,11 @@ def test_small_images_are_resized_up_to_the_load_size_before_cropping(tmp_path):
     write_image(torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(1)), path)
     crop = training_crop(path, load_size=32, crop=16, top=9, left=3)
     assert crop.shape == (3, 16, 16)
-    assert torch.equal(crop, resize(read_image(path), (32, 32))[0, :, 9:25, 3:19])
+    # As torchvision's Resize((32, 32)) on the PIL image: Pillow's bilinear filter on 8-bit samples.
+    with Image.open(path) as picture:
+        resized = np.asarray(picture.convert("RGB").resize((32, 32), Image.BILINEAR))
+    expected = torch.from_numpy(resized.copy()).permute(2, 0, 1).float() / 255
+    assert torch.equal(crop, expected[:, 9:25, 3:19])
 
 
 # -- order -----------------------------------------------------------------------------------

@@ -10,13 +10,15 @@ from pathlib import Path
 def add_parser(commands) -> None:
     """``train``: the reference's recipe by default, on one process or many (torchrun)."""
     from ..training.losses import LossWeights
-    from ..training.trainer import PRECISIONS, TrainingOptions
+    from ..training.trainer import PRECISIONS, TrainingOptions, default_workers
 
     defaults, weights = TrainingOptions(Path(), Path(), Path()), LossWeights()
     train = commands.add_parser(
         "train", help="train (or fine-tune) Mamba-ST on folders of content and style images",
-        description="Train Mamba-ST as the reference does: Adam over all its parameters on the content, style and "
-                    "identity losses of VGG-19 features, random crops of resized images, the official three "
+        description="Train Mamba-ST as the reference does, with the defaults its published script runs (scripts/"
+                    "train.sh: --lr 1e-4, batch 8, 256 px crops, the style shuffle on): Adam over all its parameters "
+                    "on the content, style and identity losses of VGG-19 features, random crops of resized images, "
+                    "the official three "
                     "checkpoint files (and one .safetensors) in OUT/iter_<N>/ every --save-every iterations. "
                     "OUT also gets training_state.pt (for --resume), train_log.jsonl, previews/ (content | style | "
                     "stylized) and tensorboard/ when TensorBoard is installed. Ctrl-C or SIGTERM stops after the "
@@ -39,7 +41,8 @@ def add_parser(commands) -> None:
                        help="images per iteration and per process: under torchrun with N processes an iteration "
                             "sees N times as many")
     train.add_argument("--lr", type=float, default=defaults.lr,
-                       help="Adam's constant learning rate (the reference's default; its script passes 1e-4)")
+                       help="Adam's constant learning rate (default 1e-4: what the reference's published script "
+                            "scripts/train.sh passes; its train.py's own default is 5e-4)")
     train.add_argument("--crop", type=int, default=defaults.crop,
                        help="side of the random square crops (multiple of 8, at least 32)")
     train.add_argument("--load-size", type=int, default=defaults.load_size,
@@ -58,14 +61,22 @@ def add_parser(commands) -> None:
                        help="autocast dtype of the dense layers (fp16 with loss scaling); the scan stays float32")
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: the best available; under torchrun "
                                         "each process takes the GPU of its local rank)")
-    train.add_argument("--workers", type=int, default=defaults.workers,
-                       help="processes reading images ahead, per image stream (0: read in the training process); "
-                            "the images are the same whatever the number")
+    train.add_argument("--workers", type=int, default=None,
+                       help="processes reading images ahead, per image stream (default: half the CPU's cores, 1 to "
+                            f"8, here {default_workers()}; 0: read in the training process); the images are the "
+                            "same whatever the number")
+    train.add_argument("--accumulate", type=int, default=defaults.accumulate, metavar="N",
+                       help="sum the gradients of N batches of --batch-size before each Adam step: the step of a "
+                            "batch N times as large, in the memory of one (e.g. --batch-size 4 --accumulate 2 for "
+                            "the recipe's 8 where 8 does not fit)")
     train.add_argument("--seed", type=int, default=defaults.seed,
                        help="seed of the initial weights, the data order and crops, the style permutations and "
                             "DropPath")
     train.add_argument("--resume", action="store_true",
                        help="continue the run saved in --out (exactly as if it had not stopped)")
+    train.add_argument("--reset-data-streams", action="store_true",
+                       help="with --resume: start the data streams anew, keeping the weights and Adam's state; "
+                            "lets a run saved by N processes go on with another number")
     train.set_defaults(run=run_train)
 
 
@@ -82,7 +93,8 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, crop=args.crop, load_size=args.load_size,
         weights=LossWeights(args.content_weight, args.style_weight, args.identity1_weight, args.identity2_weight),
         save_every=args.save_every, preview_every=args.preview_every, log_every=args.log_every,
-        precision=args.precision, device=args.device, workers=args.workers, seed=args.seed, resume=args.resume)
+        precision=args.precision, device=args.device, workers=args.workers, seed=args.seed, resume=args.resume,
+        accumulate=args.accumulate, reset_data_streams=args.reset_data_streams)
     try:
         try:
             # Setting up reads every input (options, VGG, checkpoint, folders, state): its ValueErrors

