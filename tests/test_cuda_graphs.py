@@ -14,7 +14,8 @@ import logging
 import pytest
 import torch
 
-from mambast.kernels.cuda_graphs import CudaGraphs, GraphedStylize, StageGraphs, replaying_repeats
+from mambast.kernels import cuda_graphs
+from mambast.kernels.cuda_graphs import CudaGraphs, GraphedStylize, ReplayCheck, StageGraphs, replaying_repeats
 from mambast.run.pipeline import Controls, batch_ticks, stylize_images
 from mambast.utils.progress import ProgressTracker, counting_ticks, progress_callback
 
@@ -27,8 +28,10 @@ class _Recording:
 class ReplayingStandIn(CudaGraphs):
     """torch.cuda's graphs played on the CPU: a replay reruns the recorded call without Python's progress."""
 
-    def __init__(self, fail: bool = False, silently=counting_ticks, out_of_memory_at_replay: int = 0):
+    def __init__(self, fail: bool = False, silently=counting_ticks, out_of_memory_at_replay: int = 0,
+                 off_by: float = 0.0, off_from_replay: int = 1):
         self.fail = fail
+        self.off_by, self.off_from_replay = off_by, off_from_replay  # replays from the n-th on add off_by
         self.out_of_memory_at_replay = out_of_memory_at_replay  # the n-th replay fails as on a full card
         self.released = 0
         self.silently = silently  # the progress module's, of the package the model comes from
@@ -59,7 +62,10 @@ class ReplayingStandIn(CudaGraphs):
         if self.replays == self.out_of_memory_at_replay:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
         with self.silently(forward=False):  # a graph replays kernels, not Python
-            graph.output.copy_(graph.run())
+            output = graph.run()
+        if self.off_by and self.replays >= self.off_from_replay:
+            output = output + self.off_by * output.abs().max()  # as a graph reading stale or reused memory
+        graph.output.copy_(output)
 
 
 def images(height, width, seed, batch=1):
@@ -155,6 +161,50 @@ def test_a_stage_that_cannot_be_recorded_runs_plainly_with_one_warning(small_mod
     assert graphs.recorded == 0 and stand_in.captures == 3  # content encoder, MSTD, CNN decoder; tried once each
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 3 and "could not be recorded as a CUDA graph" in warnings[0]
+
+
+@pytest.mark.parametrize("off_by", [0.5, float("nan")], ids=["wrong-values", "nan"])
+def test_a_first_replay_that_differs_turns_graphs_off_for_the_process(small_model, caplog, monkeypatch, off_by):
+    content, style = frames(5)
+    expected, ticks, _, _ = run_with_progress(small_model, content, style, Controls(seed=2))
+    check = ReplayCheck()
+    stand_in = ReplayingStandIn(off_by=off_by)
+    graphs = StageGraphs(graphs=stand_in, check=check)
+    with caplog.at_level(logging.WARNING, logger="mambast.kernels.cuda_graphs"):
+        got, graphed_ticks, _, _ = run_with_progress(small_model, content, style, Controls(seed=2), graphs)
+    assert torch.equal(got, expected) and graphed_ticks == ticks  # the plain result, the same progress
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "the content encoder replayed from a CUDA graph differed" in messages[0]
+    assert ("nan" if off_by != off_by else "0.5 of its largest value") in messages[0]
+    assert stand_in.replays == 1 and stand_in.captures == 3 and graphs.recorded == 0  # recorded on frame 2 only
+    assert check.off is not None
+
+    later = StageGraphs(graphs=stand_in, check=check)  # another run of the same process: all plain
+    again, *_ = run_with_progress(small_model, content, style, Controls(seed=2), later)
+    assert torch.equal(again, expected) and stand_in.captures == 3 and len(caplog.records) == 1
+    monkeypatch.setattr(cuda_graphs, "PROCESS_CHECK", check)
+    monkeypatch.delenv("MAMBAST_CUDA_GRAPHS", raising=False)
+    assert not cuda_graphs.enabled_on(torch.device("cuda"))  # the nodes open no graphs any more
+
+
+def test_rounding_passes_the_check_and_each_stage_is_checked_once(small_model, caplog):
+    content, style = frames(5)
+    expected, *_ = run_with_progress(small_model, content, style, Controls(seed=2))
+    check = ReplayCheck()
+    stand_in = ReplayingStandIn(off_by=1e-6)  # another algorithm's rounding, not a wrong replay
+    graphs = StageGraphs(graphs=stand_in, check=check)
+    with caplog.at_level(logging.WARNING, logger="mambast.kernels.cuda_graphs"):
+        got, *_ = run_with_progress(small_model, content, style, Controls(seed=2), graphs)
+    assert torch.allclose(got, expected, atol=1e-4) and not caplog.records and check.off is None
+    assert {name for name, *_ in check.checked} == {"content encoder", "MSTD", "CNN decoder"}
+    assert stand_in.replays == graphs.replays == 9  # frames 3 to 5, three stages each
+
+    # Once checked, a stage's replays are trusted in this process: a later wrong one is not caught
+    # (the check costs one plain run per stage and process, not one per replay).
+    stand_in = ReplayingStandIn(off_by=0.5, off_from_replay=1)
+    later = StageGraphs(graphs=stand_in, check=check)
+    got, *_ = run_with_progress(small_model, content, style, Controls(seed=2), later)
+    assert stand_in.replays == 9 and not torch.allclose(got, expected, atol=1e-2) and check.off is None
 
 
 def test_out_of_memory_with_graphs_drops_them_and_goes_on_without(small_model, caplog):
@@ -279,7 +329,8 @@ def test_replays_equal_plain_calls_to_the_last_bit_for_new_pixels_seeds_and_shap
     import mambast
 
     model = mambast.build(mambast.Checkpoint(small_tensors), device="cuda")
-    runner = GraphedStylize(model)
+    check = ReplayCheck()  # a first replay that differed would hand back the plain result: seen here
+    runner = GraphedStylize(model, check=check)
     for height, width in ((40, 48), (64, 32), (40, 48)):
         for seed in (1, 2):
             content, style = (t.cuda() for t in images(height, width, seed))
@@ -289,6 +340,7 @@ def test_replays_equal_plain_calls_to_the_last_bit_for_new_pixels_seeds_and_shap
             assert model.last_seed == seed
             assert torch.equal(got, expected)
     assert runner.stages.recorded == 8 and runner.stages.replays > 0
+    assert check.off is None and len(check.checked) == 4 and max(check.differences.values()) == 0
     model.to(torch.float16).to(torch.float32)  # new weight tensors: the old graphs must not replay
     content, style = (t.cuda() for t in images(40, 48, 1))
     with torch.inference_mode():
@@ -304,7 +356,8 @@ def test_frames_on_cuda_replay_to_the_last_bit(small_tensors):
     content, style = frames(5)
     controls = Controls(seed=4, strength=0.6, temporal_smoothing=0.4)
     expected, ticks, planned, _ = run_with_progress(model, content.cuda(), style.cuda(), controls)
-    with replaying_repeats(model.device) as graphs:
-        got, graphed_ticks, _, _ = run_with_progress(model, content.cuda(), style.cuda(), controls, graphs)
-        assert graphs.replays > 0
+    check = ReplayCheck()
+    graphs = StageGraphs(check=check)
+    got, graphed_ticks, _, _ = run_with_progress(model, content.cuda(), style.cuda(), controls, graphs)
+    assert graphs.replays > 0 and check.off is None and max(check.differences.values()) == 0
     assert torch.equal(got, expected) and graphed_ticks == ticks == planned

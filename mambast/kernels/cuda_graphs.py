@@ -20,6 +20,11 @@ with it (the nodes keep one per run), or on running out of memory, after which t
 again plainly. Where recording fails, that stage runs plainly from then on, with a warning.
 Off CUDA, and wherever gradients are recorded, every stage runs plainly.
 
+A graph checks itself, as the Triton backward does before training: the first replay of each
+stage (per dtype and device) in a process is compared with a plain run of the same inputs
+(:class:`ReplayCheck`). Where they differ beyond rounding, the plain result is used, one warning
+names the stage and the difference, and no stage replays for the rest of the process.
+
 The model's stages call :func:`replay_stage`; a :class:`StageGraphs` takes effect inside its
 :meth:`~StageGraphs.active` block (this thread only).
 """
@@ -93,6 +98,60 @@ class CudaGraphs:
         torch.cuda.empty_cache()
 
 
+#: Largest difference a first replay may show against a plain run, relative to the plain output's
+#: largest value. The same kernels read the same values, so it should be zero; a library choosing
+#: another algorithm on the recording stream rounds differently, by far less than this. A wrong
+#: replay (a buffer not refilled, memory read after it was reused) is off by the values themselves.
+REPLAY_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-3, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+def relative_difference(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max |got - expected| / max |expected|``, in float32; NaN where only one of them holds a NaN
+    (NaN in both at the same place is agreement)."""
+    if got.shape != expected.shape:
+        return float("inf")
+    if expected.numel() == 0:
+        return 0.0
+    got, expected = got.float(), expected.float()
+    difference = (got - expected).abs().masked_fill(got.isnan() & expected.isnan(), 0)
+    largest = float(expected.abs().nan_to_num(0, posinf=0, neginf=0).max())
+    return float(difference.max()) / max(largest, 1e-12)
+
+
+class ReplayCheck:
+    """What the replays of a process have shown: which stages were checked, and whether graphs
+    are off (:attr:`off`, the reason) after a replay that differed from the plain run.
+
+    :data:`PROCESS_CHECK` is the one the nodes use; tests give their own.
+    """
+
+    def __init__(self) -> None:
+        self.differences: dict[tuple, float] = {}  # (stage, dtype, device) -> what its first replay showed
+        self.off: str | None = None
+
+    @property
+    def checked(self) -> set[tuple]:
+        return set(self.differences)
+
+    def wants(self, key: tuple) -> bool:
+        return key not in self.differences
+
+    def compare(self, key: tuple, name: str, replayed: torch.Tensor, plain: torch.Tensor) -> bool:
+        """Record the first replay of ``key`` against its plain run; False (graphs now off, one
+        warning) where they differ beyond :data:`REPLAY_TOLERANCE`."""
+        difference = self.differences[key] = relative_difference(replayed, plain)
+        if difference <= REPLAY_TOLERANCE.get(plain.dtype, 1e-3):  # also False for NaN
+            return True
+        self.off = (f"the {name} replayed from a CUDA graph differed from a plain run by {difference:.3g} of its "
+                    "largest value")
+        log.warning("MambaST: %s; CUDA graphs are off for the rest of this process (the plain result is used; "
+                    "nothing else changes). Please report it with your GPU, driver and PyTorch versions.", self.off)
+        return False
+
+
+PROCESS_CHECK = ReplayCheck()
+
+
 @dataclasses.dataclass
 class _Recorded:
     graph: Any
@@ -129,14 +188,16 @@ class StageGraphs:
     ``max_graphs`` bounds the graphs kept (each holds its activations); once reached, new shapes
     run plainly rather than evict a graph that may come again (seam smoothing and tiles cycle
     through more shapes than that). Out of memory while graphs hold some, they are dropped, the
-    stage runs again plainly and nothing more is recorded (:attr:`stopped`). Not thread-safe:
-    one per thread.
+    stage runs again plainly and nothing more is recorded (:attr:`stopped`). ``check``: where the
+    first replays are checked (:data:`PROCESS_CHECK` by default). Not thread-safe: one per thread.
     """
 
-    def __init__(self, captures_after: int = 1, max_graphs: int = 16, graphs: CudaGraphs | None = None):
+    def __init__(self, captures_after: int = 1, max_graphs: int = 16, graphs: CudaGraphs | None = None,
+                 check: ReplayCheck | None = None):
         self.captures_after = captures_after
         self.max_graphs = max_graphs
         self.graphs = graphs or CudaGraphs()
+        self.check = check or PROCESS_CHECK
         self._recorded: dict[tuple, _Recorded] = {}
         self._calls: Counter = Counter()
         self._failed: set[tuple] = set()
@@ -169,7 +230,8 @@ class StageGraphs:
         """``stage(*inputs)`` (tensors or None on the model's device; ``key``: what else fixes the
         launches, e.g. the token grid), replayed when these inputs' layout came before."""
         device = model.device
-        if torch.is_grad_enabled() or not self.graphs.applies(device) or not all(map(_dense, inputs)):
+        if (torch.is_grad_enabled() or self.check.off is not None or not self.graphs.applies(device)
+                or not all(map(_dense, inputs))):
             return stage(*inputs)
         try:
             return self._run(model, device, name, stage, inputs, key)
@@ -195,7 +257,7 @@ class StageGraphs:
             self.clear()
             recorded = None
         if recorded is not None:
-            return self._replay(recorded, inputs)
+            return self._replay(recorded, name, stage, inputs)
         self._calls[signature] += 1
         if (self.stopped or signature in self._failed or self._calls[signature] <= self.captures_after
                 or len(self._recorded) >= self.max_graphs):
@@ -209,16 +271,25 @@ class StageGraphs:
             parameters = self._parameters[model] = list(model.parameters())
         return tuple(parameter.data_ptr() for parameter in parameters)
 
-    def _replay(self, recorded: _Recorded, inputs: tuple) -> torch.Tensor:
+    def _replay(self, recorded: _Recorded, name: str, stage: Callable[..., torch.Tensor], inputs: tuple
+                ) -> torch.Tensor:
         cancel_point()
         for buffer, tensor in zip(recorded.inputs, inputs):
             if buffer is not None:
                 buffer.copy_(tensor)
         self.graphs.replay(recorded.graph)
         self.replays += 1
+        output = recorded.output.clone()
+        key = (name, output.dtype, output.device)
+        if self.check.wants(key):  # the first replay of this stage in the process: against a plain run
+            with counting_ticks(forward=False):  # silent: the progress is reported once, below
+                plain = stage(*inputs)
+            if not self.check.compare(key, name, output, plain):
+                self.clear()
+                output = plain
         for _ in range(recorded.ticks):  # the progress the plain run would have made
             tick()
-        return recorded.output.clone()
+        return output
 
     def _record(self, signature: tuple, device: torch.device, stage: Callable[..., torch.Tensor], inputs: tuple,
                 weights: tuple[int, ...], name: str) -> torch.Tensor:
@@ -252,8 +323,9 @@ def replay_stage(model: torch.nn.Module, name: str, stage: Callable[..., torch.T
 
 
 def enabled_on(device: torch.device) -> bool:
-    """Whether runs on ``device`` replay repeated stages: CUDA devices, unless ``MAMBAST_CUDA_GRAPHS=0``."""
-    return device.type == "cuda" and os.environ.get(ENV_VARIABLE, "1").strip() != "0"
+    """Whether runs on ``device`` replay repeated stages: CUDA devices, unless ``MAMBAST_CUDA_GRAPHS=0``
+    or a replay in this process differed from its plain run."""
+    return device.type == "cuda" and os.environ.get(ENV_VARIABLE, "1").strip() != "0" and PROCESS_CHECK.off is None
 
 
 @contextlib.contextmanager
@@ -277,9 +349,9 @@ class GraphedStylize:
     the plain call). Keeps its graphs between calls. Inference only; one per thread.
     """
 
-    def __init__(self, model: torch.nn.Module, max_graphs: int = 16):
+    def __init__(self, model: torch.nn.Module, max_graphs: int = 16, check: ReplayCheck | None = None):
         self.model = model
-        self.stages = StageGraphs(captures_after=0, max_graphs=max_graphs)
+        self.stages = StageGraphs(captures_after=0, max_graphs=max_graphs, check=check)
 
     def __call__(self, content: torch.Tensor, style: torch.Tensor, seed: int | None = None,
                  shuffle: bool = True) -> torch.Tensor:
