@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -138,15 +140,12 @@ class Context:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        import torch
-
         from mambast.network.config import MambaSTConfig
         from mambast.network.random_weights import SMALL_CONFIG, random_official_tensors
 
         self.cuda = self.device.type == "cuda"
         self.config = SMALL_CONFIG if self.quick else MambaSTConfig()
         self.tensors = random_official_tensors(self.config, seed=0)
-        self.torch = torch
 
     def judged(self, met: bool) -> bool | None:
         """A speed or memory target's verdict: only on a GPU (a smoke run on the CPU judges nothing)."""
@@ -159,7 +158,7 @@ class Context:
 
     def synchronize(self) -> None:
         if self.cuda:
-            self.torch.cuda.synchronize(self.device)
+            torch.cuda.synchronize(self.device)
 
     def median_ms(self, run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
         for _ in range(warmup):
@@ -179,13 +178,13 @@ class Context:
         found = {"mib": float("nan"), "before": float("nan")}
         if self.cuda:
             self.synchronize()
-            self.torch.cuda.empty_cache()
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-            found["before"] = self.torch.cuda.memory_allocated(self.device) / 2**20
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            found["before"] = torch.cuda.memory_allocated(self.device) / 2**20
         yield found
         if self.cuda:
             self.synchronize()
-            found["mib"] = self.torch.cuda.max_memory_allocated(self.device) / 2**20
+            found["mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
 
     def inputs(self, size: int, batch: int = 1):
         from stylize import bench_inputs
@@ -244,8 +243,8 @@ PRECISIONS = (("float32", "float32", False), ("TF32", "float32", True), ("bfloat
 
 
 @contextlib.contextmanager
-def tf32(context: Context, enabled: bool) -> Iterator[None]:
-    backends = context.torch.backends
+def tf32(enabled: bool) -> Iterator[None]:
+    backends = torch.backends
     before = backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
     backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = enabled
     try:
@@ -256,13 +255,12 @@ def tf32(context: Context, enabled: bool) -> Iterator[None]:
 
 def plain_section(context: Context) -> list[Row]:
     """One plain call per precision and size: milliseconds and peak allocated memory."""
-    torch = context.torch
     rows = []
     for label, dtype_name, use_tf32 in PRECISIONS:
         model = context.build(dtype=getattr(torch, dtype_name))
         for size in context.sizes.plain:
             content, style = context.inputs(size)
-            with torch.inference_mode(), tf32(context, use_tf32):
+            with torch.inference_mode(), tf32(use_tf32):
                 run = lambda: model.stylize(content, style, seed=0)  # noqa: E731
                 repeats = context.sizes.repeats if size <= 512 else max(2, context.sizes.repeats // 2)
                 ms = context.median_ms(run, repeats)
@@ -285,7 +283,6 @@ def graphs_section(context: Context) -> list[Row]:
     import mambast
     from mambast.kernels.cuda_graphs import ReplayCheck
 
-    torch = context.torch
     rows = []
     for dtype_name in ("float32", "bfloat16"):
         model = context.build(dtype=getattr(torch, dtype_name))
@@ -323,7 +320,6 @@ def frames_section(context: Context) -> list[Row]:
     from mambast.kernels import cuda_graphs
     from mambast.run.staged import StylizeBatch, run_stage
 
-    torch = context.torch
     sizes = context.sizes
     rows = []
     for dtype_name in ("float32", "bfloat16"):  # float32: what the nodes' "auto" runs on a GPU
@@ -378,7 +374,6 @@ def training_section(context: Context) -> list[Row]:
     from mambast.kernels.scan import triton_trains_on
     from mambast.training import LossWeights, compute_losses
 
-    torch = context.torch
     sizes = context.sizes
     rows = []
     scans = ("triton", "chunked") if context.cuda else ("chunked",)
@@ -423,7 +418,6 @@ def memory_section(context: Context) -> list[Row]:
     from mambast import Controls
     from mambast.run.staged import StylizeBatch, run_stage, working_memory
 
-    torch = context.torch
     model = context.build(dtype=torch.float32)
     rows = []
     for size in context.sizes.memory:
@@ -446,24 +440,21 @@ def memory_section(context: Context) -> list[Row]:
 
 def pairs_section(context: Context) -> list[Row]:
     """The official set's number of pairs, stylized and timed by ``evaluate``'s own loop."""
-    from train import training_batch
+    from train import photo_like_jpegs
 
     from mambast.commands.evaluate import stylize_pairs
     from mambast.evaluation.protocol import PAPER_PEAK_MIB, PAPER_SECONDS_FOR_800
     from mambast.network.random_weights import write_official_folder
-    from mambast.utils.imaging import write_image
 
     sizes = context.sizes
     with tempfile.TemporaryDirectory(prefix="mambast-gpu-check-") as temporary:
         folder = Path(temporary)
         checkpoint = write_official_folder(context.tensors, folder / "weights")
         paths = {}
-        for kind, count, seed in (("cnt", sizes.contents, 0), ("sty", sizes.styles, 1)):
+        for kind, count in (("cnt", sizes.contents), ("sty", sizes.styles)):
             (folder / kind).mkdir()
-            pictures = training_batch(count, sizes.pair_size, sizes.pair_size, seed=seed)
-            paths[kind] = [folder / kind / f"{kind}{i:02d}.jpg" for i in range(count)]
-            for picture, path in zip(pictures, paths[kind]):
-                write_image(picture[None], path, quality=95)
+            photo_like_jpegs(folder / kind, count, sizes.pair_size, sizes.pair_size)
+            paths[kind] = sorted((folder / kind).glob("*.jpg"))
         (folder / "out").mkdir()
         args = argparse.Namespace(device=str(context.device), dtype="float32", scan="auto", size=sizes.pair_size,
                                   crop=True, format="jpg", seed=0, seam_smoothing=0)
@@ -528,7 +519,7 @@ def run_sections(names: list[str], context: Context, budget: float, sections=Non
 
 
 def header_lines(context: Context, seconds: float) -> list[str]:
-    import torch
+    from mambast import mamba_ssm_available
 
     try:
         import triton
@@ -545,14 +536,8 @@ def header_lines(context: Context, seconds: float) -> list[str]:
     commit = _output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "unknown"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return [f"- device: {where}", f"- torch {torch.__version__}, triton {triton_version}, "
-            f"mamba-ssm {'installed' if _has('mamba_ssm') else 'not installed'}",
+            f"mamba-ssm {'usable' if mamba_ssm_available() else 'not usable (not installed or no CUDA build)'}",
             f"- commit {commit}, {date}, {seconds:.0f} s in all{' (--quick sizes)' if context.quick else ''}"]
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def _output(command: list[str]) -> str:
@@ -583,8 +568,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
-
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench/gpu_check.py needs a CUDA GPU (this PyTorch sees none); --device cpu --quick is a smoke run.",

@@ -34,7 +34,7 @@ from .run.pipeline import COLOUR_MODES, Controls, finish, stylize_images, workin
 from .run.precision import automatic_dtype
 from .run.resources import activation_bytes, tile_to_fit
 from .utils.imaging import IMAGE_SUFFIXES, ImageFileError, check_image, read_image, write_image
-from .utils.progress import progress_callback
+from .utils.progress import ThrottledReport, progress_callback
 
 __version__ = "0.1.0"
 
@@ -52,6 +52,7 @@ __all__ = [
     "run_in_tiles", "is_out_of_memory", "keep_content_colour", "match_colour", "shows_nothing",
     "SEAM_SMOOTHING_CHOICES",
     # how it runs
-    "SCAN_CHOICES", "scan_backend_for", "mamba_ssm_available", "numba_available", "GraphedStylize", "StageGraphs", "progress_callback",
+    "SCAN_CHOICES", "scan_backend_for", "mamba_ssm_available", "numba_available", "GraphedStylize", "StageGraphs",
+    "progress_callback", "ThrottledReport",
     "activation_bytes", "tile_to_fit",
 ]

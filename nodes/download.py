@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +40,7 @@ class DownloadJob:
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_sent = 0.0
+        self._events = mambast.ThrottledReport(self._send, 1.0 / EVENTS_PER_SECOND)
         self.state: dict = {"state": "idle"}
 
     def running(self) -> bool:
@@ -98,13 +97,14 @@ class DownloadJob:
         self._publish({**self.state, **final})
 
     def _publish(self, state: dict, throttle: bool = False) -> None:
+        """``state`` is the job's; the page hears of it at once, or (``throttle``) a few times a
+        second (a state held back is superseded by the next, which carries all of it)."""
         self.state = state
-        now = time.monotonic()
-        if throttle and now - self._last_sent < 1.0 / EVENTS_PER_SECOND:
-            return
-        self._last_sent = now
+        (self._events if throttle else self._events.now)(dict(state))
+
+    def _send(self, state: dict) -> None:
         try:
-            self.send(dict(state))
+            self.send(state)
         except Exception:  # noqa: BLE001 - a page that went away must not stop the download
             pass
 

@@ -204,6 +204,19 @@ def test_a_throttled_report_passes_the_first_then_one_per_interval_then_the_last
     assert seen == [1, 4, 7, 10]
 
 
+def test_a_report_passed_now_goes_at_once_and_supersedes_the_one_held_back():
+    from mambast.utils.progress import ThrottledReport
+
+    now, seen = [0.0], []
+    throttled = ThrottledReport(lambda state: seen.append(state), 0.25, clock=lambda: now[0])
+    throttled({"done": 1})
+    throttled({"done": 2})  # held back
+    throttled.now({"state": "done"})
+    throttled.flush()  # the held one is gone: the last word stays the final state
+    throttled({"done": 3})  # within the interval of the final state
+    assert seen == [{"done": 1}, {"state": "done"}]
+
+
 def test_cancel_is_checked_at_least_once_per_scan_chunk(comfy):
     stages = comfy.stages
     resources = importlib.import_module(comfy.pack.__name__ + ".mambast.run.resources")

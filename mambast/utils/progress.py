@@ -148,28 +148,29 @@ class ProgressTracker:
 
 
 class ThrottledReport:
-    """``report(done, total)`` passed on at most once per ``interval`` seconds, and the last call
+    """``report(*arguments)`` passed on at most once per ``interval`` seconds, and the last call
     always, by :meth:`flush`: a host's progress messages stay a few a second however fast the
     ticks come (a 512 px run ticks about 75 times a second on a CPU), while Cancel, checked at
-    every tick, is not slowed."""
+    every tick, is not slowed. :meth:`now` passes a report on at once (a start, an end)."""
 
-    def __init__(self, report: Callable[[int, int], None], interval: float = 0.25,
+    def __init__(self, report: Callable[..., None], interval: float = 0.25,
                  clock: Callable[[], float] = time.monotonic):
         self.report, self.interval, self.clock = report, interval, clock
         self.last: float | None = None
-        self.pending: tuple[int, int] | None = None
+        self.pending: tuple | None = None
 
-    def __call__(self, done: int, total: int) -> None:
-        now = self.clock()
-        if self.last is not None and now - self.last < self.interval:
-            self.pending = (done, total)
+    def __call__(self, *arguments) -> None:
+        if self.last is not None and self.clock() - self.last < self.interval:
+            self.pending = arguments
             return
-        self.last, self.pending = now, None
-        self.report(done, total)
+        self.now(*arguments)
+
+    def now(self, *arguments) -> None:
+        """Pass ``arguments`` on at once; a report held back before them is dropped."""
+        self.last, self.pending = self.clock(), None
+        self.report(*arguments)
 
     def flush(self) -> None:
         """Pass on the last report held back, if any."""
         if self.pending is not None:
-            pending, self.pending = self.pending, None
-            self.last = self.clock()
-            self.report(*pending)
+            self.now(*self.pending)
